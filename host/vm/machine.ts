@@ -1,0 +1,210 @@
+// A virtual machine: the guest's vCPU on a worker thread, its devices on this (main) thread.
+//
+// The main thread turns socket and disk activity into device events for the vCPU, and turns
+// the vCPU's outputs into socket writes, disk writes and console text. Outputs pass through
+// `releaseOutput`, which is where the Output Rule holds them in fault-tolerant mode; here,
+// with no backup, they are released at once.
+
+import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
+import type { LogRecord } from "../../protocol/records.js";
+import { FileDisk } from "../devices/file-disk.js";
+import { TcpNic, type ListenAddress } from "../devices/tcp-nic.js";
+import type { InstrumentedModule } from "../instrument/index.js";
+import {
+  CONTROL_MAIL,
+  CONTROL_SLOTS,
+  type DeviceEvent,
+  type FromVcpu,
+  type Output,
+  type ToVcpu,
+  type VcpuBoot,
+  type VmMode,
+  type VmResult,
+} from "./messages.js";
+import type { VmSnapshot } from "./snapshot.js";
+
+/** Replay: log records sent to the vCPU but not yet consumed, at most. */
+const REPLAY_IN_FLIGHT_RECORDS_MAX = 16_384;
+/** Default cap on guest memory: 1 GiB. */
+export const MEMORY_PAGES_MAX_DEFAULT = 16_384;
+
+/** Where replay gets the log from: batches in order, then null. */
+export interface ReplaySource {
+  next(): Promise<LogRecord[] | null>;
+}
+
+export interface MachineOptions {
+  mode: VmMode;
+  module: InstrumentedModule;
+  diskFile?: string | null;
+  diskBlocks?: number;
+  memoryPagesMax?: number;
+  listen?: (virtualPort: number) => ListenAddress;
+  maxInstructions?: bigint | null;
+  untilIcount?: bigint | null;
+  digestAtOutputs?: boolean;
+  jitterSeed?: number | null;
+  snapshotAtIdle?: bigint | null;
+  restore?: VmSnapshot | null;
+  replay?: ReplaySource;
+  onRecords?: (records: LogRecord[]) => void;
+  onConsole?: (text: Uint8Array) => void;
+  onListening?: (virtualPort: number, address: ListenAddress) => void;
+  onSnapshot?: (snapshot: VmSnapshot) => void;
+  onDeviceError?: (message: string) => void;
+}
+
+export class Machine {
+  readonly done: Promise<VmResult>;
+  private readonly worker: Worker;
+  private readonly port: MessagePort;
+  private readonly control: Int32Array;
+  private readonly nic: TcpNic | null = null;
+  private readonly disk: FileDisk | null = null;
+  private replaySent = 0;
+  private replayConsumed = 0;
+  private replayFeeding = false;
+  private replayEnded = false;
+  private finished = false;
+
+  constructor(private readonly options: MachineOptions) {
+    const deliver = (event: DeviceEvent) => this.send({ t: "event", event });
+    if (options.mode !== "replay") {
+      this.nic = new TcpNic(
+        options.listen ?? ((port) => ({ host: "127.0.0.1", port })),
+        deliver,
+        (port, address) => options.onListening?.(port, address),
+        (message) => options.onDeviceError?.(message),
+      );
+      if (options.diskFile) this.disk = FileDisk.open(options.diskFile, options.diskBlocks ?? 0, deliver);
+    }
+    const shared = new SharedArrayBuffer(CONTROL_SLOTS * Int32Array.BYTES_PER_ELEMENT);
+    this.control = new Int32Array(shared);
+    const channel = new MessageChannel();
+    this.port = channel.port1;
+    const boot: VcpuBoot = {
+      mode: options.mode,
+      wasm: options.module.wasm,
+      globals: options.module.globals,
+      diskBlocks: options.diskFile || options.mode === "replay" ? (options.diskBlocks ?? 0) : 0,
+      memoryPagesMax: options.memoryPagesMax ?? MEMORY_PAGES_MAX_DEFAULT,
+      maxInstructions: options.maxInstructions ?? null,
+      untilIcount: options.untilIcount ?? null,
+      digestAtOutputs: options.digestAtOutputs ?? false,
+      jitterSeed: options.jitterSeed ?? null,
+      snapshotAtIdle: options.snapshotAtIdle ?? null,
+      restore: options.restore ?? null,
+      control: shared,
+      port: channel.port2,
+    };
+    this.worker = new Worker(workerEntry(), { workerData: boot, transferList: [channel.port2] });
+    this.done = new Promise<VmResult>((resolve) => {
+      const fail = (message: string) =>
+        resolve({ icount: 0n, digest: "", entries: 0, stop: "error", exitCode: 1, message });
+      channel.port1.on("message", (message: FromVcpu) => {
+        if (message.t === "done") {
+          this.finished = true;
+          void this.shutdown().then(() => resolve(message.result));
+          return;
+        }
+        this.receive(message);
+      });
+      this.worker.on("error", (error) => fail(`vCPU failed: ${error.message}`));
+      this.worker.on("exit", (code) => {
+        if (!this.finished) void this.shutdown().then(() => fail(`vCPU exited with code ${code} before finishing`));
+      });
+    });
+    if (options.mode === "replay") void this.feedReplay();
+  }
+
+  /** Ask the guest to stop at its next delivery point (record and live). */
+  stop(): void {
+    this.send({ t: "stop" });
+  }
+
+  private send(message: ToVcpu): void {
+    if (this.finished) return;
+    this.port.postMessage(message);
+    Atomics.add(this.control, CONTROL_MAIL, 1);
+    Atomics.notify(this.control, CONTROL_MAIL);
+  }
+
+  private receive(message: Exclude<FromVcpu, { t: "done" }>): void {
+    switch (message.t) {
+      case "log":
+        this.options.onRecords?.(message.records);
+        break;
+      case "out":
+        this.releaseOutput(message.out);
+        break;
+      case "rx_consumed":
+        this.nic?.rxConsumed(message.conn, message.bytes);
+        break;
+      case "consumed":
+        this.replayConsumed = message.count;
+        void this.feedReplay();
+        break;
+      case "snapshot":
+        this.options.onSnapshot?.(message.snapshot);
+        break;
+    }
+  }
+
+  private releaseOutput(out: Output): void {
+    switch (out.o) {
+      case "console":
+        this.options.onConsole?.(out.text);
+        break;
+      case "nic_listen":
+        this.nic?.listen(out.port);
+        break;
+      case "nic_send":
+        this.nic?.send(out.conn, out.data);
+        break;
+      case "nic_close":
+        this.nic?.close(out.conn);
+        break;
+      case "disk_read":
+        this.disk?.read(out.id, out.block, out.count);
+        break;
+      case "disk_write":
+        this.disk?.write(out.id, out.block, out.data);
+        break;
+    }
+  }
+
+  /** Sends log records ahead of the vCPU, keeping at most a bounded number in flight. */
+  private async feedReplay(): Promise<void> {
+    const source = this.options.replay;
+    if (source === undefined || this.replayFeeding || this.replayEnded) return;
+    this.replayFeeding = true;
+    try {
+      const start = this.options.restore?.seq ?? 0;
+      while (!this.finished && this.replaySent - (this.replayConsumed - start) < REPLAY_IN_FLIGHT_RECORDS_MAX) {
+        const records = await source.next();
+        if (records === null) {
+          this.replayEnded = true;
+          this.send({ t: "records_end" });
+          return;
+        }
+        if (records.length === 0) continue;
+        this.replaySent += records.length;
+        this.send({ t: "records", records });
+      }
+    } finally {
+      this.replayFeeding = false;
+    }
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.nic?.shutdown();
+    await this.disk?.close();
+    this.port.close();
+  }
+}
+
+/** The worker script: compiled JS in dist/, or the TypeScript source under vitest and tsx. */
+function workerEntry(): URL {
+  const fromSource = import.meta.url.endsWith(".ts");
+  return new URL(fromSource ? "./vcpu-worker-source.mjs" : "./vcpu-worker.js", import.meta.url);
+}

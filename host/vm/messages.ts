@@ -1,0 +1,96 @@
+// Messages between a VM's main-thread half (devices, sockets, log) and its vCPU worker.
+//
+// The worker never returns to its event loop while the guest runs, so it reads its inbox
+// synchronously (receiveMessageOnPort) at delivery points, and sleeps with Atomics.wait when
+// idle. The main thread bumps a shared counter after every post so that the worker learns
+// there is mail with one Atomics.load per checkpoint.
+
+import type { MessagePort } from "node:worker_threads";
+import type { EventKind, LogRecord } from "../../protocol/records.js";
+import type { VmSnapshot } from "./snapshot.js";
+
+export type VmMode = "live" | "record" | "replay";
+
+/** An asynchronous event as a device produces it (args as logged; see docs/log-format.md). */
+export interface DeviceEvent {
+  kind: EventKind;
+  /** Timer: periods; NIC: connection id; disk: IO id. */
+  arg: number;
+  /** NicAccept: virtual port; NicData: byte count; NicTxCredit: bytes; DiskDone: status. */
+  value: number;
+  data?: Uint8Array;
+}
+
+/** What the vCPU needs to boot, sent in workerData. */
+export interface VcpuBoot {
+  mode: VmMode;
+  /** The instrumented module's bytes. */
+  wasm: Uint8Array;
+  globals: { exportName: string; type: "i32" | "i64" | "f32" | "f64" }[];
+  diskBlocks: number;
+  memoryPagesMax: number;
+  /** Record: stop at the first delivery point at or past this count. */
+  maxInstructions: bigint | null;
+  /** Replay: stop at the first delivery point at or past this count. */
+  untilIcount: bigint | null;
+  /** Record: add a Digest record at every output, so replay checks state there. */
+  digestAtOutputs: boolean;
+  /**
+   * Record/live: when set, each slice between mailbox checks has a pseudo-random length drawn
+   * from this seed, so asynchronous events land at randomized counts (for testing).
+   */
+  jitterSeed: number | null;
+  /** Take a snapshot at the first idle point at or past this count (then go on). */
+  snapshotAtIdle: bigint | null;
+  /** Start from this snapshot instead of booting the guest. */
+  restore: VmSnapshot | null;
+  /** Shared Int32Array: [MAIL] is bumped by the main thread after each post. */
+  control: SharedArrayBuffer;
+  port: MessagePort;
+}
+
+export const CONTROL_MAIL = 0;
+export const CONTROL_SLOTS = 1;
+
+/** Main thread → vCPU. */
+export type ToVcpu =
+  | { t: "event"; event: DeviceEvent }
+  /** Replay: more of the log, in order. */
+  | { t: "records"; records: LogRecord[] }
+  /** Replay: the log ends here; no more records will come. */
+  | { t: "records_end" }
+  /** Record/live: stop at the next delivery point. */
+  | { t: "stop" };
+
+/** An output of the guest. Held under the Output Rule until `afterSeq` records are safe. */
+export type Output =
+  | { o: "console"; text: Uint8Array }
+  | { o: "nic_listen"; port: number }
+  | { o: "nic_send"; conn: number; data: Uint8Array }
+  | { o: "nic_close"; conn: number }
+  | { o: "disk_read"; id: number; block: number; count: number }
+  | { o: "disk_write"; id: number; block: number; count: number; data: Uint8Array };
+
+export interface VmResult {
+  icount: bigint;
+  digest: string;
+  entries: number;
+  /** How the run ended. */
+  stop: "exit" | "stopped" | "trap" | "divergence" | "error";
+  exitCode: number;
+  /** For trap, divergence and error: one line that says what happened. */
+  message: string | null;
+}
+
+/** vCPU → main thread. */
+export type FromVcpu =
+  /** Log records in order (record mode). */
+  | { t: "log"; records: LogRecord[] }
+  /** `seq`: how many log records precede this output; it may leave once they are safe. */
+  | { t: "out"; seq: number; out: Output }
+  /** Receive-buffer space the guest freed on `conn`: host-side flow control, not an output. */
+  | { t: "rx_consumed"; conn: number; bytes: number }
+  /** Replay: records consumed so far (flow control for the feeder). */
+  | { t: "consumed"; count: number }
+  | { t: "snapshot"; snapshot: VmSnapshot }
+  | { t: "done"; result: VmResult };

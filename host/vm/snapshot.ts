@@ -1,0 +1,35 @@
+// A VM snapshot, taken while the guest is idle (no export running, so no stack to save):
+// linear memory, the guest's mutable globals, the instruction count and the guest-visible
+// state of every device. Restoring it into a fresh instance continues identically.
+
+export interface ConnSnapshot {
+  id: number;
+  rx: Uint8Array;
+  peerClosed: boolean;
+  txWindow: number;
+}
+
+export interface DiskIoSnapshot {
+  id: number;
+  tag: number;
+  ptr: number;
+  count: number;
+  write: boolean;
+}
+
+export interface VmSnapshot {
+  icount: bigint;
+  /** How many log records the execution had produced or consumed at this point. */
+  seq: number;
+  memory: Uint8Array;
+  /** In the order of the instrumented module's `globals`; i64 as bigint. */
+  globals: (number | bigint)[];
+  devices: {
+    timerPeriodMs: number;
+    irqMasked: boolean;
+    listening: number[];
+    conns: ConnSnapshot[];
+    diskIos: DiskIoSnapshot[];
+    nextDiskIoId: number;
+  };
+}

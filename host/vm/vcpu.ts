@@ -1,0 +1,897 @@
+// The vCPU: runs one guest on the current (worker) thread in one of three modes.
+//
+//   live    devices feed events; nothing is logged.
+//   record  devices feed events; every input and every delivered event is logged with the
+//           instruction count (icount) at which it happened.
+//   replay  the log feeds inputs and events; each event is delivered at its logged count;
+//           outputs are dropped.
+//
+// Counting: the instrumented module keeps `fuel = icount - deadline` in an exported global
+// and calls the `checkpoint` import at the first function entry or loop header where fuel
+// reaches 0. The guest flushes its cached counter to the global before every call and
+// reloads it after, so inside any import the global is exact and may be changed.
+//
+// Delivery points (docs/abi.md): checkpoints, idle (between export calls), `halt`, and the
+// unmasking `irq_mask(0)`. Idle, halt and unmask first advance icount by one, so that every
+// delivery point has a distinct count and a logged count names exactly one of them.
+
+import { createHash, randomFillSync } from "node:crypto";
+import { receiveMessageOnPort } from "node:worker_threads";
+import * as loader from "@assemblyscript/loader";
+import {
+  EMPTY_BYTES,
+  EventKind,
+  InputKind,
+  RecordKind,
+  StopReason,
+  type LogRecord,
+} from "../../protocol/records.js";
+import { assert } from "../errors.js";
+import {
+  CONTROL_MAIL,
+  type DeviceEvent,
+  type FromVcpu,
+  type Output,
+  type ToVcpu,
+  type VcpuBoot,
+  type VmResult,
+} from "./messages.js";
+import {
+  BLOCK_BYTES,
+  CONNECTIONS_MAX,
+  CONSOLE_WRITE_BYTES_MAX,
+  DISK_IO_BLOCKS_MAX,
+  DISK_IOS_MAX,
+  RANDOM_FILL_BYTES_MAX,
+  TX_WINDOW_BYTES,
+} from "./limits.js";
+import type { ConnSnapshot, DiskIoSnapshot, VmSnapshot } from "./snapshot.js";
+
+/** Record/live: instructions between two looks at the mailbox (about a millisecond). */
+const SLICE_INSTRUCTIONS = 1n << 20n;
+/** A batch of log records is posted once it is this long, or at the next delivery point. */
+const LOG_BATCH_RECORDS_MAX = 512;
+/** Events received from devices but not yet delivered. Past this the mailbox is left unread. */
+const PENDING_EVENTS_MAX = 4096;
+/** Idle waits re-check the clock at least this often (a timer due, a stop request). */
+const IDLE_WAIT_MS_MAX = 1000;
+/** Replay reports consumed records this often so the feeder can send more. */
+const CONSUMED_REPORT_EVERY = 256;
+const NO_DEADLINE = 1n << 62n;
+
+const ERR_HANDLE = -1;
+const ERR_ARGUMENT = -2;
+const ERR_LIMIT = -3;
+const ERR_CLOSED = -4;
+
+/** Thrown from inside an import to unwind the guest's stack and end the run. */
+class Stop {
+  constructor(
+    readonly stop: VmResult["stop"],
+    readonly exitCode: number,
+    readonly message: string | null,
+  ) {}
+}
+
+interface Conn {
+  rx: Uint8Array[];
+  rxBytes: number;
+  peerClosed: boolean;
+  txWindow: number;
+}
+
+interface DiskIo {
+  tag: number;
+  ptr: number;
+  count: number;
+  write: boolean;
+}
+
+interface GuestExports {
+  memory: WebAssembly.Memory;
+  _start?: () => void;
+  main?: () => void;
+  __ls_irq?: (kind: number, a: number, b: number) => number;
+  __ls_run?: () => void;
+  __getString: (ptr: number) => string;
+  [name: string]: unknown;
+}
+
+export class Vcpu {
+  private readonly boot: VcpuBoot;
+  private readonly control: Int32Array;
+  private exports!: GuestExports;
+  private fuel!: WebAssembly.Global;
+  private deadline = 0n;
+  private mailSeen = 0;
+  private stopRequested = false;
+
+  // Log state. `seq` counts records produced (record) or consumed (replay).
+  private seq = 0;
+  private batch: LogRecord[] = [];
+  private readonly queue: LogRecord[] = [];
+  private queueHead = 0;
+  private recordsEnded = false;
+
+  // Device state the guest can observe: part of a snapshot.
+  private timerPeriodMs = 0;
+  private irqMasked = false;
+  private readonly listening = new Set<number>();
+  private readonly conns = new Map<number, Conn>();
+  private readonly diskIos = new Map<number, DiskIo>();
+  private nextDiskIoId = 1;
+
+  // Host-side state, not guest-visible: events not yet delivered, timer phase, clock base.
+  private readonly pending: DeviceEvent[] = [];
+  private timerDueMs = 0;
+  private readonly monotonicBaseNs = process.hrtime.bigint();
+  private jitterState: number;
+  /** A memory.grow was refused at the limit: a trap after it is most likely out of memory. */
+  private memoryGrowRefused = false;
+  private monotonicLastNs = 0n;
+
+  constructor(boot: VcpuBoot) {
+    this.boot = boot;
+    this.control = new Int32Array(boot.control);
+    this.jitterState = (boot.jitterSeed ?? 0) | 1;
+  }
+
+  run(): VmResult {
+    let stop: Stop;
+    try {
+      this.instantiate();
+      if (this.boot.restore) {
+        this.applySnapshot(this.boot.restore);
+      } else {
+        this.setDeadline(this.nextDeadline());
+        this.exports._start?.();
+        this.exports.main?.();
+      }
+      this.idleLoop();
+      assert(false, "idleLoop returns only by throwing Stop");
+    } catch (error) {
+      stop = error instanceof Stop ? error : this.classify(error);
+    }
+    return this.finish(stop);
+  }
+
+  // ---- execution -------------------------------------------------------------------------
+
+  private instantiate(): void {
+    const module = new WebAssembly.Module(this.boot.wasm);
+    const imports = { lockstep: this.lockstepImports(), env: this.envImports() };
+    const { exports } = loader.instantiateSync(module, imports) as unknown as {
+      exports: GuestExports;
+    };
+    this.exports = exports;
+    const fuel = (exports as Record<string, unknown>)["__ls_fuel"];
+    assert(fuel instanceof WebAssembly.Global, "instrumented module exports __ls_fuel");
+    this.fuel = fuel;
+  }
+
+  /** Idle: no export is running. Deliver events and run the bottom half, until the end. */
+  private idleLoop(): never {
+    for (;;) {
+      this.advanceIcount(1n);
+      this.maybeSnapshot();
+      this.deliverAtIdle();
+      this.exports.__ls_run?.();
+    }
+  }
+
+  private icount(): bigint {
+    return this.deadline + (this.fuel.value as bigint);
+  }
+
+  private setDeadline(deadline: bigint): void {
+    const icount = this.icount();
+    this.deadline = deadline;
+    this.fuel.value = icount - deadline;
+  }
+
+  /**
+   * At a delivery point: returns its count and moves the deadline out of reach, so that the
+   * guest code the host calls from here (the top half) runs, and is counted, without
+   * re-entering the checkpoint. Every caller sets the real deadline again before returning.
+   */
+  private enterHost(): bigint {
+    const icount = this.icount();
+    this.setDeadline(NO_DEADLINE);
+    return icount;
+  }
+
+  private advanceIcount(by: bigint): void {
+    this.fuel.value = (this.fuel.value as bigint) + by;
+  }
+
+  private get memory(): Uint8Array {
+    return new Uint8Array(this.exports.memory.buffer);
+  }
+
+  private guestBytes(ptr: number, len: number): Uint8Array {
+    const memory = this.memory;
+    if (ptr < 0 || len < 0 || ptr + len > memory.length) {
+      throw new Stop("trap", 1, `guest passed an out-of-bounds buffer (${ptr}, ${len})`);
+    }
+    return memory.subarray(ptr, ptr + len);
+  }
+
+  /** Where the next checkpoint must fire. */
+  private nextDeadline(): bigint {
+    const icount = this.icount();
+    if (this.boot.mode === "replay") {
+      let deadline = this.nextAsyncIcount();
+      if (this.boot.untilIcount !== null && this.boot.untilIcount < deadline) {
+        deadline = this.boot.untilIcount;
+      }
+      return deadline > icount ? deadline : icount + 1n;
+    }
+    let deadline = icount + (this.boot.jitterSeed === null ? SLICE_INSTRUCTIONS : this.jitteredSlice());
+    const max = this.boot.maxInstructions;
+    if (max !== null && max < deadline) deadline = max > icount ? max : icount + 1n;
+    return deadline;
+  }
+
+  /** xorshift32: a slice of 1 to SLICE_INSTRUCTIONS instructions. */
+  private jitteredSlice(): bigint {
+    let x = this.jitterState;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.jitterState = x;
+    return 1n + (BigInt(x >>> 0) % SLICE_INSTRUCTIONS);
+  }
+
+  // ---- delivery points -------------------------------------------------------------------
+
+  private checkpoint(): void {
+    const icount = this.enterHost();
+    if (this.boot.mode === "replay") {
+      this.replayStopCheck(icount);
+      if (!this.irqMasked) this.replayDeliver(icount);
+    } else {
+      const max = this.boot.maxInstructions;
+      if (max !== null && icount >= max) throw this.stopHere("stopped");
+      this.pollMail();
+      if (this.stopRequested) throw this.stopHere("stopped");
+      this.timerCheck();
+      if (!this.irqMasked) this.deliverPending(icount);
+      this.flushLog();
+    }
+    this.setDeadline(this.nextDeadline());
+  }
+
+  private deliverAtIdle(): void {
+    const icount = this.enterHost();
+    if (this.boot.mode === "replay") {
+      this.replayStopCheck(icount);
+      if (this.replayDeliver(icount) === 0) {
+        if (!this.armed()) throw this.stopHere("exit");
+        throw this.divergence(icount, "an event or the end at an idle point");
+      }
+    } else {
+      for (;;) {
+        this.pollMail();
+        if (this.stopRequested) throw this.stopHere("stopped");
+        const max = this.boot.maxInstructions;
+        if (max !== null && icount >= max) throw this.stopHere("stopped");
+        this.timerCheck();
+        if (this.deliverPending(icount) > 0) break;
+        if (!this.armed()) throw this.stopHere("exit");
+        this.flushLog();
+        this.waitForMail(this.idleWaitMs());
+      }
+      this.flushLog();
+    }
+    this.setDeadline(this.nextDeadline());
+  }
+
+  private halt(): void {
+    if (this.irqMasked) throw new Stop("trap", 1, "halt() with interrupts masked would never wake");
+    if (!this.armed()) throw new Stop("trap", 1, "halt() with no event source armed would never wake");
+    this.advanceIcount(1n);
+    this.deliverAtIdle();
+  }
+
+  private irqMask(masked: number): number {
+    const previous = this.irqMasked ? 1 : 0;
+    this.irqMasked = masked !== 0;
+    if (previous === 1 && !this.irqMasked) {
+      this.advanceIcount(1n);
+      const icount = this.enterHost();
+      if (this.boot.mode === "replay") {
+        this.replayStopCheck(icount);
+        this.replayDeliver(icount);
+      } else {
+        this.deliverPending(icount);
+      }
+      this.setDeadline(this.nextDeadline());
+    }
+    return previous;
+  }
+
+  /** Record/live: deliver pending events in arrival order; returns how many were taken. */
+  private deliverPending(icount: bigint): number {
+    let delivered = 0;
+    while (this.pending.length > 0) {
+      const event = this.pending[0]!;
+      if (!this.deliverable(event)) {
+        this.pending.shift();
+        continue;
+      }
+      if (!this.deliver(event)) break;
+      this.pending.shift();
+      delivered++;
+      if (this.boot.mode === "record") {
+        this.log(RecordKind.Event, icount, event.kind, event.arg, BigInt(event.value), event.data);
+      }
+    }
+    return delivered;
+  }
+
+  /** Replay: deliver the logged events at exactly this count; returns how many. */
+  private replayDeliver(icount: bigint): number {
+    let delivered = 0;
+    for (;;) {
+      const record = this.peekRecord();
+      if (record === null || record.kind !== RecordKind.Event) return delivered;
+      if (record.icount > icount) return delivered;
+      if (record.icount < icount) throw this.divergence(icount, `an event at icount ${record.icount}`);
+      this.takeRecord();
+      const event: DeviceEvent = {
+        kind: record.a as EventKind,
+        arg: record.b,
+        value: Number(record.value),
+        data: record.data,
+      };
+      if (!this.deliverable(event) || !this.deliver(event)) {
+        throw this.divergence(icount, "the guest to accept a logged event");
+      }
+      delivered++;
+    }
+  }
+
+  private replayStopCheck(icount: bigint): void {
+    const until = this.boot.untilIcount;
+    if (until !== null && icount >= until) throw this.stopHere("stopped");
+    const record = this.peekRecord();
+    if (record === null) {
+      if (this.recordsEnded) throw this.stopHere("stopped", "the log ends here");
+      return;
+    }
+    // A trap's count is only as exact as the guest's last flush of its counter, so it can
+    // equal an earlier checkpoint's: replay stops for a trap only by trapping itself.
+    if (record.kind === RecordKind.End && record.a !== StopReason.Trap && record.icount === icount) {
+      this.takeRecord();
+      throw this.stopHere(record.a === StopReason.Exit ? "exit" : "stopped", null, Number(record.value));
+    }
+  }
+
+  /** Whether an event still concerns the guest (a connection may have closed meanwhile). */
+  private deliverable(event: DeviceEvent): boolean {
+    switch (event.kind) {
+      case EventKind.Timer:
+        return this.timerPeriodMs > 0;
+      case EventKind.NicAccept:
+        return this.listening.has(event.value) && this.conns.size < CONNECTIONS_MAX && !this.conns.has(event.arg);
+      case EventKind.NicData:
+      case EventKind.NicClosed:
+      case EventKind.NicTxCredit:
+        return this.conns.has(event.arg);
+      case EventKind.DiskDone:
+        return this.diskIos.has(event.arg);
+    }
+    return false;
+  }
+
+  /** Hands one event to the guest's top half, then applies its effect. False: ring full. */
+  private deliver(event: DeviceEvent): boolean {
+    let irqA = event.arg;
+    let irqB = event.value;
+    if (event.kind === EventKind.DiskDone) irqA = this.diskIos.get(event.arg)!.tag;
+    const irq = this.exports.__ls_irq;
+    if (irq !== undefined && irq(event.kind, irqA, irqB) === 0) return false;
+    switch (event.kind) {
+      case EventKind.NicAccept:
+        this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES });
+        break;
+      case EventKind.NicData: {
+        const conn = this.conns.get(event.arg)!;
+        const data = event.data ?? EMPTY_BYTES;
+        conn.rx.push(data);
+        conn.rxBytes += data.length;
+        break;
+      }
+      case EventKind.NicClosed:
+        this.conns.get(event.arg)!.peerClosed = true;
+        break;
+      case EventKind.NicTxCredit: {
+        const conn = this.conns.get(event.arg)!;
+        conn.txWindow = Math.min(TX_WINDOW_BYTES, conn.txWindow + event.value);
+        break;
+      }
+      case EventKind.DiskDone: {
+        const io = this.diskIos.get(event.arg)!;
+        this.diskIos.delete(event.arg);
+        if (!io.write && event.value === 0 && event.data !== undefined) {
+          // The bounce buffer reaches guest memory only now, at the delivery point (§3.4).
+          this.guestBytes(io.ptr, io.count * BLOCK_BYTES).set(event.data);
+        }
+        break;
+      }
+    }
+    return true;
+  }
+
+  /** Some event source exists: otherwise no event can ever arrive and the VM is done. */
+  private armed(): boolean {
+    return this.timerPeriodMs > 0 || this.listening.size > 0 || this.conns.size > 0 || this.diskIos.size > 0;
+  }
+
+  // ---- record/live: mailbox and timer ----------------------------------------------------
+
+  private pollMail(): void {
+    const mail = Atomics.load(this.control, CONTROL_MAIL);
+    if (mail === this.mailSeen) return;
+    // Left unread past the limit: look again at the next poll even if no new mail comes.
+    this.mailSeen = this.drainMail() ? mail : mail - 1;
+  }
+
+  /** Reads the mailbox; false if it stopped at the limit on pending events. */
+  private drainMail(): boolean {
+    for (;;) {
+      if (this.pending.length >= PENDING_EVENTS_MAX) return false;
+      const received = receiveMessageOnPort(this.boot.port);
+      if (received === undefined) return true;
+      const message = received.message as ToVcpu;
+      switch (message.t) {
+        case "event":
+          this.pending.push(message.event);
+          break;
+        case "records":
+          for (const record of message.records) this.queue.push(record);
+          break;
+        case "records_end":
+          this.recordsEnded = true;
+          break;
+        case "stop":
+          this.stopRequested = true;
+          break;
+      }
+    }
+  }
+
+  private waitForMail(timeoutMs: number): void {
+    Atomics.wait(this.control, CONTROL_MAIL, this.mailSeen, timeoutMs);
+  }
+
+  private idleWaitMs(): number {
+    if (this.timerPeriodMs === 0) return IDLE_WAIT_MS_MAX;
+    return Math.max(0, Math.min(IDLE_WAIT_MS_MAX, this.timerDueMs - performance.now()));
+  }
+
+  /** A periodic tick is due: queue one event that says how many periods elapsed. */
+  private timerCheck(): void {
+    if (this.timerPeriodMs === 0) return;
+    const now = performance.now();
+    if (now < this.timerDueMs) return;
+    const periods = Math.floor((now - this.timerDueMs) / this.timerPeriodMs) + 1;
+    this.timerDueMs += periods * this.timerPeriodMs;
+    this.pending.push({ kind: EventKind.Timer, arg: periods, value: 0 });
+  }
+
+  // ---- replay: the log queue -------------------------------------------------------------
+
+  private peekRecord(): LogRecord | null {
+    while (this.queueHead === this.queue.length) {
+      if (this.recordsEnded) return null;
+      this.waitForMail(IDLE_WAIT_MS_MAX);
+      this.pollMail();
+    }
+    return this.queue[this.queueHead]!;
+  }
+
+  private takeRecord(): LogRecord {
+    const record = this.peekRecord();
+    assert(record !== null, "takeRecord after peekRecord found one");
+    this.queueHead++;
+    this.seq++;
+    if (this.queueHead >= 4096) {
+      this.queue.splice(0, this.queueHead);
+      this.queueHead = 0;
+    }
+    if (this.seq % CONSUMED_REPORT_EVERY === 0) this.post({ t: "consumed", count: this.seq });
+    return record;
+  }
+
+  /** The count of the next logged event or end: the replay's next deadline. */
+  private nextAsyncIcount(): bigint {
+    for (;;) {
+      for (let i = this.queueHead; i < this.queue.length; i++) {
+        const record = this.queue[i]!;
+        if (record.kind === RecordKind.Event) return record.icount;
+        if (record.kind === RecordKind.End) return record.a === StopReason.Trap ? NO_DEADLINE : record.icount;
+      }
+      if (this.recordsEnded) return NO_DEADLINE;
+      this.waitForMail(IDLE_WAIT_MS_MAX);
+      this.pollMail();
+    }
+  }
+
+  /** Replay: the next record must be this input, at this count. */
+  private takeInput(kind: InputKind): LogRecord {
+    const icount = this.icount();
+    const record = this.peekRecord();
+    if (record === null) throw this.stopHere("stopped", "the log ends here");
+    if (record.kind !== RecordKind.Input || record.a !== kind || record.icount !== icount) {
+      throw this.divergence(icount, `input ${InputKind[kind]}`);
+    }
+    return this.takeRecord();
+  }
+
+  // ---- the log ---------------------------------------------------------------------------
+
+  private log(kind: RecordKind, icount: bigint, a: number, b: number, value: bigint, data?: Uint8Array): void {
+    this.batch.push({ kind, seq: BigInt(this.seq), icount, a, b, value, data: data ?? EMPTY_BYTES });
+    this.seq++;
+    if (this.batch.length >= LOG_BATCH_RECORDS_MAX) this.flushLog();
+  }
+
+  private flushLog(): void {
+    if (this.batch.length === 0) return;
+    this.post({ t: "log", records: this.batch });
+    this.batch = [];
+  }
+
+  private post(message: FromVcpu): void {
+    this.boot.port.postMessage(message);
+  }
+
+  /** An output leaves only after the records before it; in replay it is dropped. */
+  private output(out: Output): void {
+    const icount = this.icount();
+    if (this.boot.mode === "replay") {
+      const record = this.peekRecord();
+      if (record !== null && record.kind === RecordKind.Digest && record.icount === icount) {
+        this.takeRecord();
+        const digest = this.digest();
+        if (Buffer.compare(Buffer.from(record.data), Buffer.from(digest)) !== 0) {
+          throw this.divergence(icount, "the logged state digest at this output");
+        }
+      }
+      if (out.o === "console") this.post({ t: "out", seq: this.seq, out });
+      return;
+    }
+    if (this.boot.mode === "record" && this.boot.digestAtOutputs) {
+      this.log(RecordKind.Digest, icount, 0, 0, 0n, this.digest());
+    }
+    this.flushLog();
+    this.post({ t: "out", seq: this.seq, out });
+  }
+
+  // ---- imports ---------------------------------------------------------------------------
+
+  private lockstepImports(): Record<string, (...args: number[]) => number | bigint | void> {
+    return {
+      checkpoint: () => this.checkpoint(),
+      memory_grow: (deltaPages) => this.memoryGrow(deltaPages),
+      clock_now: (clock) => this.clockNow(clock),
+      random_fill: (ptr, len) => this.randomFill(ptr, len),
+      console_write: (ptr, len) => {
+        if (len < 0 || len > CONSOLE_WRITE_BYTES_MAX) throw new Stop("trap", 1, `console_write of ${len} bytes`);
+        this.output({ o: "console", text: this.guestBytes(ptr, len).slice() });
+      },
+      timer_set: (periodMs) => this.timerSet(periodMs),
+      irq_mask: (masked) => this.irqMask(masked),
+      halt: () => this.halt(),
+      exit: (code) => {
+        throw this.stopHere("exit", null, code);
+      },
+      nic_listen: (port) => this.nicListen(port),
+      nic_recv: (conn, ptr, len) => this.nicRecv(conn, ptr, len),
+      nic_send: (conn, ptr, len) => this.nicSend(conn, ptr, len),
+      nic_close: (conn) => this.nicClose(conn),
+      disk_blocks: () => this.boot.diskBlocks,
+      disk_read: (block, count, ptr, tag) => this.diskSubmit(false, block, count, ptr, tag),
+      disk_write: (block, count, ptr, tag) => this.diskSubmit(true, block, count, ptr, tag),
+    };
+  }
+
+  private envImports(): Record<string, (...args: number[]) => number | void> {
+    return {
+      abort: (msg, file, line, column) => {
+        const text = `${this.readString(msg)} at ${this.readString(file)}:${line}:${column}`;
+        const oom = this.memoryGrowRefused ? " (out of memory: memory.grow was refused at the --memory-mib limit)" : "";
+        throw new Stop("trap", 1, `guest aborted: ${text}${oom}`);
+      },
+      trace: (msg, n, ...args) => {
+        const values = args.slice(0, Math.max(0, Math.min(n, 5))).join(", ");
+        const line = `trace: ${this.readString(msg)}${n > 0 ? " " + values : ""}\n`;
+        this.output({ o: "console", text: new TextEncoder().encode(line) });
+      },
+      seed: () => {
+        const bits = new BigInt64Array(1);
+        const view = new Float64Array(bits.buffer);
+        if (this.boot.mode === "replay") {
+          bits[0] = this.takeInput(InputKind.Seed).value;
+        } else {
+          view[0] = Math.random() * 2 ** 52;
+          if (this.boot.mode === "record") this.log(RecordKind.Input, this.icount(), InputKind.Seed, 0, bits[0]!);
+        }
+        return view[0]!;
+      },
+    };
+  }
+
+  private readString(ptr: number): string {
+    try {
+      return ptr === 0 ? "" : this.exports.__getString(ptr);
+    } catch {
+      return `<string at ${ptr}>`;
+    }
+  }
+
+  private memoryGrow(deltaPages: number): number {
+    const memory = this.exports.memory;
+    if (this.boot.mode === "replay") {
+      const result = Number(this.takeInput(InputKind.MemoryGrow).value);
+      if (result >= 0) {
+        const previous = memory.grow(deltaPages);
+        if (previous !== result) throw this.divergence(this.icount(), `memory.grow to return ${result}`);
+      } else {
+        this.memoryGrowRefused = true;
+      }
+      return result;
+    }
+    let result = -1;
+    const pages = memory.buffer.byteLength / 65536;
+    if (deltaPages >= 0 && pages + deltaPages <= this.boot.memoryPagesMax) {
+      try {
+        result = memory.grow(deltaPages);
+      } catch {
+        result = -1;
+      }
+    }
+    if (this.boot.mode === "record") {
+      this.log(RecordKind.Input, this.icount(), InputKind.MemoryGrow, 0, BigInt(result));
+    }
+    if (result < 0) this.memoryGrowRefused = true;
+    return result;
+  }
+
+  private clockNow(clock: number): bigint {
+    const kind = clock === 0 ? InputKind.ClockMonotonic : InputKind.ClockWall;
+    if (this.boot.mode === "replay") {
+      const value = this.takeInput(kind).value;
+      if (kind === InputKind.ClockMonotonic) this.monotonicLastNs = value;
+      return value;
+    }
+    let value: bigint;
+    if (kind === InputKind.ClockMonotonic) {
+      value = process.hrtime.bigint() - this.monotonicBaseNs;
+      // Never backwards, also across a restore or a failover that rebased the clock.
+      if (value < this.monotonicLastNs) value = this.monotonicLastNs;
+      this.monotonicLastNs = value;
+    } else {
+      value = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e3)) * 1000n;
+    }
+    if (this.boot.mode === "record") this.log(RecordKind.Input, this.icount(), kind, 0, value);
+    return value;
+  }
+
+  private randomFill(ptr: number, len: number): void {
+    if (len < 0 || len > RANDOM_FILL_BYTES_MAX) throw new Stop("trap", 1, `random_fill of ${len} bytes`);
+    const target = this.guestBytes(ptr, len);
+    if (this.boot.mode === "replay") {
+      const record = this.takeInput(InputKind.Random);
+      if (record.data.length !== len) throw this.divergence(this.icount(), `${len} random bytes`);
+      target.set(record.data);
+      return;
+    }
+    randomFillSync(target);
+    if (this.boot.mode === "record") {
+      this.log(RecordKind.Input, this.icount(), InputKind.Random, 0, 0n, target.slice());
+    }
+  }
+
+  private timerSet(periodMs: number): void {
+    this.timerPeriodMs = Math.max(0, periodMs);
+    this.timerDueMs = performance.now() + this.timerPeriodMs;
+    if (this.timerPeriodMs === 0) {
+      for (let i = this.pending.length - 1; i >= 0; i--) {
+        if (this.pending[i]!.kind === EventKind.Timer) this.pending.splice(i, 1);
+      }
+    }
+  }
+
+  private nicListen(port: number): number {
+    if (port < 0 || port > 65535) return ERR_ARGUMENT;
+    if (this.listening.has(port)) return 0;
+    this.listening.add(port);
+    if (this.boot.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "nic_listen", port } });
+    return 0;
+  }
+
+  private nicRecv(connId: number, ptr: number, len: number): number {
+    const conn = this.conns.get(connId);
+    if (conn === undefined) return ERR_HANDLE;
+    if (len < 0) return ERR_ARGUMENT;
+    if (conn.rxBytes === 0) return conn.peerClosed ? ERR_CLOSED : 0;
+    const target = this.guestBytes(ptr, len);
+    let copied = 0;
+    while (copied < len && conn.rx.length > 0) {
+      const chunk = conn.rx[0]!;
+      const n = Math.min(chunk.length, len - copied);
+      target.set(chunk.subarray(0, n), copied);
+      copied += n;
+      if (n === chunk.length) conn.rx.shift();
+      else conn.rx[0] = chunk.subarray(n);
+    }
+    conn.rxBytes -= copied;
+    if (this.boot.mode !== "replay") this.post({ t: "rx_consumed", conn: connId, bytes: copied });
+    return copied;
+  }
+
+  private nicSend(connId: number, ptr: number, len: number): number {
+    const conn = this.conns.get(connId);
+    if (conn === undefined) return ERR_HANDLE;
+    if (len < 0) return ERR_ARGUMENT;
+    if (conn.peerClosed) return ERR_CLOSED;
+    const n = Math.min(len, conn.txWindow);
+    if (n === 0) return 0;
+    conn.txWindow -= n;
+    this.output({ o: "nic_send", conn: connId, data: this.guestBytes(ptr, n).slice() });
+    return n;
+  }
+
+  private nicClose(connId: number): void {
+    if (!this.conns.delete(connId)) return;
+    this.output({ o: "nic_close", conn: connId });
+  }
+
+  private diskSubmit(write: boolean, block: number, count: number, ptr: number, tag: number): number {
+    if (this.boot.diskBlocks === 0) return ERR_HANDLE;
+    if (count <= 0 || count > DISK_IO_BLOCKS_MAX || block < 0 || block + count > this.boot.diskBlocks) {
+      return ERR_ARGUMENT;
+    }
+    if (this.diskIos.size >= DISK_IOS_MAX) return ERR_LIMIT;
+    const bytes = this.guestBytes(ptr, count * BLOCK_BYTES);
+    const id = this.nextDiskIoId++;
+    this.diskIos.set(id, { tag, ptr, count, write });
+    if (write) this.output({ o: "disk_write", id, block, count, data: bytes.slice() });
+    else if (this.boot.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "disk_read", id, block, count } });
+    return 0;
+  }
+
+  // ---- ending, digests, snapshots --------------------------------------------------------
+
+  private stopHere(stop: VmResult["stop"], message: string | null = null, exitCode = 0): Stop {
+    return new Stop(stop, exitCode, message);
+  }
+
+  private divergence(icount: bigint, expected: string): Stop {
+    const record = this.queue[this.queueHead];
+    const found = record ? `${RecordKind[record.kind]} at icount ${record.icount}` : "the end of the log";
+    return new Stop("divergence", 1, `replay diverged at icount ${icount}: expected ${expected}, log has ${found}`);
+  }
+
+  private classify(error: unknown): Stop {
+    if (error instanceof WebAssembly.RuntimeError) {
+      if (this.memoryGrowRefused) {
+        const limitMiB = (this.boot.memoryPagesMax * 65536) / (1024 * 1024);
+        return new Stop("trap", 1, `guest ran out of memory (limit ${limitMiB} MiB, see --memory-mib) and trapped: ${error.message}`);
+      }
+      return new Stop("trap", 1, `guest trapped: ${error.message}`);
+    }
+    if (error instanceof RangeError && /call stack/i.test(error.message)) {
+      return new Stop("trap", 1, "guest trapped: call stack exhausted");
+    }
+    if (error instanceof WebAssembly.LinkError || error instanceof WebAssembly.CompileError) {
+      return new Stop("error", 1, `module cannot be loaded: ${error.message}`);
+    }
+    return new Stop("error", 1, `internal error: ${error instanceof Error ? error.stack : String(error)}`);
+  }
+
+  private finish(stop: Stop): VmResult {
+    let icount = 0n;
+    let digest = "";
+    if (this.fuel !== undefined) {
+      icount = this.icount();
+      digest = "sha256:" + Buffer.from(this.digest()).toString("hex");
+    }
+    if (this.boot.mode === "record") {
+      const reason =
+        stop.stop === "exit" ? StopReason.Exit : stop.stop === "stopped" ? StopReason.Stopped : StopReason.Trap;
+      const message = stop.message === null ? EMPTY_BYTES : new TextEncoder().encode(stop.message);
+      this.log(RecordKind.End, icount, reason, 0, BigInt(stop.exitCode), message);
+    } else if (this.boot.mode === "replay" && stop.stop === "trap") {
+      // The primary trapped at the same point: its End record is part of the log.
+      const record = this.queue[this.queueHead];
+      if (record !== undefined && record.kind === RecordKind.End) this.takeRecord();
+    }
+    this.flushLog();
+    return {
+      icount,
+      digest,
+      entries: this.seq,
+      stop: stop.stop,
+      exitCode: stop.exitCode,
+      message: stop.message,
+    };
+  }
+
+  /** sha256 over linear memory, then every mutable global as 8 little-endian bytes. */
+  private digest(): Uint8Array {
+    const hash = createHash("sha256");
+    hash.update(this.memory);
+    const slot = new DataView(new ArrayBuffer(8));
+    for (const value of this.readGlobals()) {
+      if (typeof value === "bigint") slot.setBigInt64(0, value, true);
+      else slot.setFloat64(0, value, true);
+      hash.update(new Uint8Array(slot.buffer));
+    }
+    return new Uint8Array(hash.digest());
+  }
+
+  private readGlobals(): (number | bigint)[] {
+    return this.boot.globals.map((g) => (this.exports[g.exportName] as WebAssembly.Global).value as number | bigint);
+  }
+
+  private maybeSnapshot(): void {
+    const at = this.boot.snapshotAtIdle;
+    if (at === null || this.icount() < at) return;
+    this.boot.snapshotAtIdle = null;
+    this.post({ t: "snapshot", snapshot: this.snapshot() });
+  }
+
+  private snapshot(): VmSnapshot {
+    assert(this.batch.length === 0 || this.boot.mode === "record", "replay has no batch");
+    this.flushLog();
+    const conns: ConnSnapshot[] = [...this.conns].map(([id, c]) => ({
+      id,
+      rx: Buffer.concat(c.rx),
+      peerClosed: c.peerClosed,
+      txWindow: c.txWindow,
+    }));
+    const diskIos: DiskIoSnapshot[] = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
+    return {
+      icount: this.icount(),
+      seq: this.seq,
+      memory: this.memory.slice(),
+      globals: this.readGlobals(),
+      devices: {
+        timerPeriodMs: this.timerPeriodMs,
+        irqMasked: this.irqMasked,
+        listening: [...this.listening],
+        conns,
+        diskIos,
+        nextDiskIoId: this.nextDiskIoId,
+      },
+    };
+  }
+
+  /** Continue from a snapshot: the guest resumes idle, right after the idle tick. */
+  private applySnapshot(snapshot: VmSnapshot): void {
+    const memory = this.exports.memory;
+    const missingPages = (snapshot.memory.length - memory.buffer.byteLength) / 65536;
+    if (missingPages > 0) memory.grow(missingPages);
+    this.memory.set(snapshot.memory);
+    this.boot.globals.forEach((g, i) => {
+      (this.exports[g.exportName] as WebAssembly.Global).value = snapshot.globals[i];
+    });
+    this.seq = snapshot.seq;
+    this.deadline = 0n;
+    const d = snapshot.devices;
+    this.timerPeriodMs = d.timerPeriodMs;
+    this.timerDueMs = performance.now() + d.timerPeriodMs;
+    this.irqMasked = d.irqMasked;
+    for (const port of d.listening) this.listening.add(port);
+    for (const c of d.conns) {
+      this.conns.set(c.id, { rx: c.rx.length > 0 ? [c.rx] : [], rxBytes: c.rx.length, peerClosed: c.peerClosed, txWindow: c.txWindow });
+    }
+    for (const io of d.diskIos) this.diskIos.set(io.id, { tag: io.tag, ptr: io.ptr, count: io.count, write: io.write });
+    this.nextDiskIoId = d.nextDiskIoId;
+    // The idle tick of the snapshot point was taken already; idleLoop takes the next one.
+    this.fuel.value = snapshot.icount - 1n;
+  }
+}
