@@ -5,6 +5,7 @@
 export type ErrorCode =
   | "FILE_NOT_FOUND"
   | "GUEST_UNKNOWN"
+  | "GUEST_INVALID"
   | "GUEST_TRAP"
   | "GUEST_OOM"
   | "LOG_MODULE_MISMATCH"

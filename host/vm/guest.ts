@@ -51,7 +51,8 @@ export function loadGuest(nameOrPath: string): Guest {
     module = instrumentCached(bytes);
   } catch (error) {
     if (error instanceof InstrumentError) {
-      throw new LockstepError("GUEST_UNKNOWN", `${file} cannot run under Lockstep: ${error.message}`);
+      const reason = error.message.replace(/\s*\n\s*/g, "; ");
+      throw new LockstepError("GUEST_INVALID", `${file} cannot run under Lockstep: ${reason}`);
     }
     throw error;
   }

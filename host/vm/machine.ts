@@ -101,7 +101,7 @@ export class Machine {
     this.done = new Promise<VmResult>((resolve) => {
       const fail = (message: string) =>
         resolve({ icount: 0n, digest: "", entries: 0, stop: "error", exitCode: 1, message });
-      channel.port1.on("message", (message: FromVcpu) => {
+      this.worker.on("message", (message: FromVcpu) => {
         if (message.t === "done") {
           this.finished = true;
           void this.shutdown().then(() => resolve(message.result));

@@ -1,8 +1,10 @@
 // Entry point of a vCPU worker thread: boots the guest from workerData and runs it to the end.
-import { workerData } from "node:worker_threads";
+// Mail comes in on boot.port (read synchronously); everything goes out on parentPort.
+import { parentPort, workerData } from "node:worker_threads";
 import type { FromVcpu, VcpuBoot } from "./messages.js";
 import { Vcpu } from "./vcpu.js";
 
 const boot = workerData as VcpuBoot;
-const result = new Vcpu(boot).run();
-boot.port.postMessage({ t: "done", result } satisfies FromVcpu);
+const outbox = parentPort!;
+const result = new Vcpu(boot, outbox).run();
+outbox.postMessage({ t: "done", result } satisfies FromVcpu);

@@ -130,7 +130,14 @@ export class Vcpu {
   private memoryGrowRefused = false;
   private monotonicLastNs = 0n;
 
-  constructor(boot: VcpuBoot) {
+  /**
+   * @param outbox where results go: the worker's parentPort, whose messages Node delivers
+   *   before the worker's 'exit' event, so the final result never races the exit.
+   */
+  constructor(
+    boot: VcpuBoot,
+    private readonly outbox: { postMessage(message: FromVcpu): void },
+  ) {
     this.boot = boot;
     this.control = new Int32Array(boot.control);
     this.jitterState = (boot.jitterSeed ?? 0) | 1;
@@ -544,7 +551,7 @@ export class Vcpu {
   }
 
   private post(message: FromVcpu): void {
-    this.boot.port.postMessage(message);
+    this.outbox.postMessage(message);
   }
 
   /** An output leaves only after the records before it; in replay it is dropped. */
