@@ -79,6 +79,8 @@ async function main(argv: string[]): Promise<number> {
       });
       return inspectCommand(onePositional(positionals, "<log>"), values.json);
     }
+    case "storage":
+      return (await import("../storage/cli.js")).storageCommand(rest);
     case "help":
     case "--help":
     case "-h":
