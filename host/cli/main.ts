@@ -5,6 +5,7 @@
 import v8 from "node:v8";
 import { parseArgs } from "node:util";
 import { LockstepError } from "../errors.js";
+import { exitWith } from "./exit.js";
 import { inspectCommand } from "./inspect.js";
 import { recordCommand, replayCommand, runCommand, type VmCommandOptions } from "./vm-commands.js";
 
@@ -128,20 +129,4 @@ function count(text: string, flag: string): bigint {
   return BigInt(text);
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: unknown) => {
-    if (error instanceof LockstepError) {
-      process.stderr.write(`lockstep: ${error.message} (${error.code})\n`);
-      process.exitCode = error.code === "USAGE" ? 2 : 1;
-    } else if (error instanceof TypeError && (error as NodeJS.ErrnoException).code?.startsWith("ERR_PARSE_ARGS")) {
-      process.stderr.write(`lockstep: ${error.message} (USAGE)\n`);
-      process.exitCode = 2;
-    } else {
-      process.stderr.write(`lockstep: internal error: ${error instanceof Error ? error.stack : String(error)}\n`);
-      process.exitCode = 70;
-    }
-  },
-);
+exitWith(main(process.argv.slice(2)));
