@@ -83,7 +83,9 @@ describe("record and replay reach the same state", () => {
 
   it("http: real curl traffic replays exactly", async () => {
     const log = path.join(dir, "http.log");
-    const vm = new LockstepProcess(["record", "http", "--log", log, "--listen", "127.0.0.1:0", "--digest-outputs"]);
+    const vm = new LockstepProcess([
+      "record", "http", "--log", log, "--listen", "127.0.0.1:0", "--digest-outputs", "--jitter-seed", jitter(),
+    ]);
     const { port } = await vm.listening();
     const page = await run("curl", ["-sS", `http://127.0.0.1:${port}/`]);
     expect(page.code, page.stderr).toBe(0);
