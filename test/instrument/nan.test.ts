@@ -42,8 +42,8 @@ async function observe(instance: { exports: WebAssembly.Exports; traced: number[
   e.propagate!();
   e.through_locals!(0);
   e.negzero!();
-  const g64 = e[globals.g64] as WebAssembly.Global;
-  const g32 = e[globals.g32] as WebAssembly.Global;
+  const g64 = e[globals.g64] as unknown as WebAssembly.Global;
+  const g32 = e[globals.g32] as unknown as WebAssembly.Global;
   return {
     store64: view.getBigUint64(0, true),
     store32: view.getUint32(8, true),
