@@ -45,12 +45,15 @@ export interface MachineOptions {
   digestAtOutputs?: boolean;
   jitterSeed?: number | null;
   snapshotAtIdle?: bigint | null;
+  /** Replay: at the end of the log go on as this mode, with this machine's devices (go-live). */
+  goLiveAs?: "live" | "record" | null;
   restore?: VmSnapshot | null;
   replay?: ReplaySource;
   onRecords?: (records: LogRecord[]) => void;
   onConsole?: (text: Uint8Array) => void;
   onListening?: (virtualPort: number, address: ListenAddress) => void;
   onSnapshot?: (snapshot: VmSnapshot) => void;
+  onLive?: (icount: bigint, seq: number) => void;
   onDeviceError?: (message: string) => void;
 }
 
@@ -69,7 +72,7 @@ export class Machine {
 
   constructor(private readonly options: MachineOptions) {
     const deliver = (event: DeviceEvent) => this.send({ t: "event", event });
-    if (options.mode !== "replay") {
+    if (options.mode !== "replay" || options.goLiveAs) {
       this.nic = new TcpNic(
         options.listen ?? ((port) => ({ host: "127.0.0.1", port })),
         deliver,
@@ -93,6 +96,7 @@ export class Machine {
       digestAtOutputs: options.digestAtOutputs ?? false,
       jitterSeed: options.jitterSeed ?? null,
       snapshotAtIdle: options.snapshotAtIdle ?? null,
+      goLiveAs: options.goLiveAs ?? null,
       restore: options.restore ?? null,
       control: shared,
       port: channel.port2,
@@ -146,6 +150,14 @@ export class Machine {
         break;
       case "snapshot":
         this.options.onSnapshot?.(message.snapshot);
+        break;
+      case "live":
+        for (const port of message.listening) this.nic?.listen(port);
+        for (const io of message.diskIos) {
+          if (io.data === null) this.disk?.read(io.id, io.block, io.count);
+          else this.disk?.write(io.id, io.block, io.data);
+        }
+        this.options.onLive?.(message.icount, message.seq);
         break;
     }
   }

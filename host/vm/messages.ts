@@ -7,7 +7,7 @@
 
 import type { MessagePort } from "node:worker_threads";
 import type { EventKind, LogRecord } from "../../protocol/records.js";
-import type { VmSnapshot } from "./snapshot.js";
+import type { DiskIoSnapshot, VmSnapshot } from "./snapshot.js";
 
 export type VmMode = "live" | "record" | "replay";
 
@@ -40,6 +40,8 @@ export interface VcpuBoot {
    * from this seed, so asynchronous events land at randomized counts (for testing).
    */
   jitterSeed: number | null;
+  /** Replay: at the end of the log, go on as this mode instead of stopping (a backup going live). */
+  goLiveAs: "live" | "record" | null;
   /** Take a snapshot at the first idle point at or past this count (then go on). */
   snapshotAtIdle: bigint | null;
   /** Start from this snapshot instead of booting the guest. */
@@ -93,4 +95,9 @@ export type FromVcpu =
   /** Replay: records consumed so far (flow control for the feeder). */
   | { t: "consumed"; count: number }
   | { t: "snapshot"; snapshot: VmSnapshot }
+  /**
+   * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs
+   * that were in flight. Records from here on continue at `seq`.
+   */
+  | { t: "live"; icount: bigint; seq: number; listening: number[]; diskIos: DiskIoSnapshot[] }
   | { t: "done"; result: VmResult };

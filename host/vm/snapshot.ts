@@ -15,6 +15,9 @@ export interface DiskIoSnapshot {
   ptr: number;
   count: number;
   write: boolean;
+  block: number;
+  /** A write's bytes, for re-issue on go-live. */
+  data: Uint8Array | null;
 }
 
 export interface VmSnapshot {

@@ -29,6 +29,7 @@ import {
 import { assert } from "../errors.js";
 import {
   CONTROL_MAIL,
+  type VmMode,
   type DeviceEvent,
   type FromVcpu,
   type Output,
@@ -85,6 +86,9 @@ interface DiskIo {
   ptr: number;
   count: number;
   write: boolean;
+  block: number;
+  /** A write's bytes as submitted, kept so that a backup going live can re-issue it (§2.3). */
+  data: Uint8Array | null;
 }
 
 interface GuestExports {
@@ -99,6 +103,8 @@ interface GuestExports {
 
 export class Vcpu {
   private readonly boot: VcpuBoot;
+  /** Starts as boot.mode; a replay becomes live or record at the end of its log (go-live). */
+  private mode: VmMode;
   private readonly control: Int32Array;
   private exports!: GuestExports;
   private fuel!: WebAssembly.Global;
@@ -124,7 +130,7 @@ export class Vcpu {
   // Host-side state, not guest-visible: events not yet delivered, timer phase, clock base.
   private readonly pending: DeviceEvent[] = [];
   private timerDueMs = 0;
-  private readonly monotonicBaseNs = process.hrtime.bigint();
+  private monotonicBaseNs = process.hrtime.bigint();
   private jitterState: number;
   /** A memory.grow was refused at the limit: a trap after it is most likely out of memory. */
   private memoryGrowRefused = false;
@@ -139,6 +145,7 @@ export class Vcpu {
     private readonly outbox: { postMessage(message: FromVcpu): void },
   ) {
     this.boot = boot;
+    this.mode = boot.mode;
     this.control = new Int32Array(boot.control);
     this.jitterState = (boot.jitterSeed ?? 0) | 1;
   }
@@ -226,7 +233,7 @@ export class Vcpu {
   /** Where the next checkpoint must fire. */
   private nextDeadline(): bigint {
     const icount = this.icount();
-    if (this.boot.mode === "replay") {
+    if (this.mode === "replay") {
       let deadline = this.nextAsyncIcount();
       if (this.boot.untilIcount !== null && this.boot.untilIcount < deadline) {
         deadline = this.boot.untilIcount;
@@ -253,8 +260,8 @@ export class Vcpu {
 
   private checkpoint(): void {
     const icount = this.enterHost();
-    if (this.boot.mode === "replay") {
-      this.replayStopCheck(icount);
+    if (this.mode === "replay") this.replayStopCheck(icount);
+    if (this.mode === "replay") {
       if (!this.irqMasked) this.replayDeliver(icount);
     } else {
       const max = this.boot.maxInstructions;
@@ -270,8 +277,8 @@ export class Vcpu {
 
   private deliverAtIdle(): void {
     const icount = this.enterHost();
-    if (this.boot.mode === "replay") {
-      this.replayStopCheck(icount);
+    if (this.mode === "replay") this.replayStopCheck(icount);
+    if (this.mode === "replay") {
       if (this.replayDeliver(icount) === 0) {
         if (!this.armed()) throw this.stopHere("exit");
         throw this.divergence(icount, "an event or the end at an idle point");
@@ -306,8 +313,8 @@ export class Vcpu {
     if (previous === 1 && !this.irqMasked) {
       this.advanceIcount(1n);
       const icount = this.enterHost();
-      if (this.boot.mode === "replay") {
-        this.replayStopCheck(icount);
+      if (this.mode === "replay") this.replayStopCheck(icount);
+      if (this.mode === "replay") {
         this.replayDeliver(icount);
       } else {
         this.deliverPending(icount);
@@ -329,7 +336,7 @@ export class Vcpu {
       if (!this.deliver(event)) break;
       this.pending.shift();
       delivered++;
-      if (this.boot.mode === "record") {
+      if (this.mode === "record") {
         this.log(RecordKind.Event, icount, event.kind, event.arg, BigInt(event.value), event.data);
       }
     }
@@ -363,7 +370,7 @@ export class Vcpu {
     if (until !== null && icount >= until) throw this.stopHere("stopped");
     const record = this.peekRecord();
     if (record === null) {
-      if (this.recordsEnded) throw this.stopHere("stopped", "the log ends here");
+      if (this.recordsEnded) this.endOfLog();
       return;
     }
     // A trap's count is only as exact as the guest's last flush of its counter, so it can
@@ -525,11 +532,36 @@ export class Vcpu {
     }
   }
 
-  /** Replay: the next record must be this input, at this count. */
-  private takeInput(kind: InputKind): LogRecord {
+  /**
+   * The whole log is consumed. A plain replay stops here; a backup goes live (§2.3): from this
+   * point on its vCPU takes inputs from its own devices and, in record mode, logs them with
+   * sequence numbers that continue the primary's.
+   */
+  private endOfLog(): void {
+    const target = this.boot.goLiveAs;
+    if (target === null) throw this.stopHere("stopped", "the log ends here");
+    this.mode = target;
+    this.monotonicBaseNs = process.hrtime.bigint() - this.monotonicLastNs;
+    this.timerDueMs = performance.now() + this.timerPeriodMs;
+    // The connections' sockets were on the failed host: their clients are gone.
+    for (const id of this.conns.keys()) this.pending.push({ kind: EventKind.NicClosed, arg: id, value: 0 });
+    const diskIos = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
+    this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos });
+  }
+
+  /** The logged value of this input in replay; null when live (or just gone live). */
+  private replayedInput(kind: InputKind): LogRecord | null {
+    return this.mode === "replay" ? this.takeInput(kind) : null;
+  }
+
+  /** Replay: the next record must be this input, at this count. Null: the VM just went live. */
+  private takeInput(kind: InputKind): LogRecord | null {
     const icount = this.icount();
     const record = this.peekRecord();
-    if (record === null) throw this.stopHere("stopped", "the log ends here");
+    if (record === null) {
+      this.endOfLog();
+      return null;
+    }
     if (record.kind !== RecordKind.Input || record.a !== kind || record.icount !== icount) {
       throw this.divergence(icount, `input ${InputKind[kind]}`);
     }
@@ -557,7 +589,7 @@ export class Vcpu {
   /** An output leaves only after the records before it; in replay it is dropped. */
   private output(out: Output): void {
     const icount = this.icount();
-    if (this.boot.mode === "replay") {
+    if (this.mode === "replay") {
       const record = this.peekRecord();
       if (record !== null && record.kind === RecordKind.Digest && record.icount === icount) {
         this.takeRecord();
@@ -569,7 +601,7 @@ export class Vcpu {
       if (out.o === "console") this.post({ t: "out", seq: this.seq, out });
       return;
     }
-    if (this.boot.mode === "record" && this.boot.digestAtOutputs) {
+    if (this.mode === "record" && this.boot.digestAtOutputs) {
       this.log(RecordKind.Digest, icount, 0, 0, 0n, this.digest());
     }
     this.flushLog();
@@ -619,11 +651,12 @@ export class Vcpu {
       seed: () => {
         const bits = new BigInt64Array(1);
         const view = new Float64Array(bits.buffer);
-        if (this.boot.mode === "replay") {
-          bits[0] = this.takeInput(InputKind.Seed).value;
+        const record = this.replayedInput(InputKind.Seed);
+        if (record !== null) {
+          bits[0] = record.value;
         } else {
           view[0] = Math.random() * 2 ** 52;
-          if (this.boot.mode === "record") this.log(RecordKind.Input, this.icount(), InputKind.Seed, 0, bits[0]!);
+          if (this.mode === "record") this.log(RecordKind.Input, this.icount(), InputKind.Seed, 0, bits[0]!);
         }
         return view[0]!;
       },
@@ -640,8 +673,9 @@ export class Vcpu {
 
   private memoryGrow(deltaPages: number): number {
     const memory = this.exports.memory;
-    if (this.boot.mode === "replay") {
-      const result = Number(this.takeInput(InputKind.MemoryGrow).value);
+    const record = this.replayedInput(InputKind.MemoryGrow);
+    if (record !== null) {
+      const result = Number(record.value);
       if (result >= 0) {
         const previous = memory.grow(deltaPages);
         if (previous !== result) throw this.divergence(this.icount(), `memory.grow to return ${result}`);
@@ -659,7 +693,7 @@ export class Vcpu {
         result = -1;
       }
     }
-    if (this.boot.mode === "record") {
+    if (this.mode === "record") {
       this.log(RecordKind.Input, this.icount(), InputKind.MemoryGrow, 0, BigInt(result));
     }
     if (result < 0) this.memoryGrowRefused = true;
@@ -668,8 +702,9 @@ export class Vcpu {
 
   private clockNow(clock: number): bigint {
     const kind = clock === 0 ? InputKind.ClockMonotonic : InputKind.ClockWall;
-    if (this.boot.mode === "replay") {
-      const value = this.takeInput(kind).value;
+    const record = this.replayedInput(kind);
+    if (record !== null) {
+      const value = record.value;
       if (kind === InputKind.ClockMonotonic) this.monotonicLastNs = value;
       return value;
     }
@@ -682,21 +717,21 @@ export class Vcpu {
     } else {
       value = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e3)) * 1000n;
     }
-    if (this.boot.mode === "record") this.log(RecordKind.Input, this.icount(), kind, 0, value);
+    if (this.mode === "record") this.log(RecordKind.Input, this.icount(), kind, 0, value);
     return value;
   }
 
   private randomFill(ptr: number, len: number): void {
     if (len < 0 || len > RANDOM_FILL_BYTES_MAX) throw new Stop("trap", 1, `random_fill of ${len} bytes`);
     const target = this.guestBytes(ptr, len);
-    if (this.boot.mode === "replay") {
-      const record = this.takeInput(InputKind.Random);
+    const record = this.replayedInput(InputKind.Random);
+    if (record !== null) {
       if (record.data.length !== len) throw this.divergence(this.icount(), `${len} random bytes`);
       target.set(record.data);
       return;
     }
     randomFillSync(target);
-    if (this.boot.mode === "record") {
+    if (this.mode === "record") {
       this.log(RecordKind.Input, this.icount(), InputKind.Random, 0, 0n, target.slice());
     }
   }
@@ -715,7 +750,7 @@ export class Vcpu {
     if (port < 0 || port > 65535) return ERR_ARGUMENT;
     if (this.listening.has(port)) return 0;
     this.listening.add(port);
-    if (this.boot.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "nic_listen", port } });
+    if (this.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "nic_listen", port } });
     return 0;
   }
 
@@ -735,7 +770,7 @@ export class Vcpu {
       else conn.rx[0] = chunk.subarray(n);
     }
     conn.rxBytes -= copied;
-    if (this.boot.mode !== "replay") this.post({ t: "rx_consumed", conn: connId, bytes: copied });
+    if (this.mode !== "replay") this.post({ t: "rx_consumed", conn: connId, bytes: copied });
     return copied;
   }
 
@@ -764,9 +799,10 @@ export class Vcpu {
     if (this.diskIos.size >= DISK_IOS_MAX) return ERR_LIMIT;
     const bytes = this.guestBytes(ptr, count * BLOCK_BYTES);
     const id = this.nextDiskIoId++;
-    this.diskIos.set(id, { tag, ptr, count, write });
-    if (write) this.output({ o: "disk_write", id, block, count, data: bytes.slice() });
-    else if (this.boot.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "disk_read", id, block, count } });
+    const data = write ? bytes.slice() : null;
+    this.diskIos.set(id, { tag, ptr, count, write, block, data });
+    if (data !== null) this.output({ o: "disk_write", id, block, count, data });
+    else if (this.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "disk_read", id, block, count } });
     return 0;
   }
 
@@ -806,12 +842,12 @@ export class Vcpu {
       icount = this.icount();
       digest = "sha256:" + Buffer.from(this.digest()).toString("hex");
     }
-    if (this.boot.mode === "record") {
+    if (this.mode === "record") {
       const reason =
         stop.stop === "exit" ? StopReason.Exit : stop.stop === "stopped" ? StopReason.Stopped : StopReason.Trap;
       const message = stop.message === null ? EMPTY_BYTES : new TextEncoder().encode(stop.message);
       this.log(RecordKind.End, icount, reason, 0, BigInt(stop.exitCode), message);
-    } else if (this.boot.mode === "replay" && stop.stop === "trap") {
+    } else if (this.mode === "replay" && stop.stop === "trap") {
       // The primary trapped at the same point: its End record is part of the log.
       const record = this.queue[this.queueHead];
       if (record !== undefined && record.kind === RecordKind.End) this.takeRecord();
@@ -852,7 +888,7 @@ export class Vcpu {
   }
 
   private snapshot(): VmSnapshot {
-    assert(this.batch.length === 0 || this.boot.mode === "record", "replay has no batch");
+    assert(this.batch.length === 0 || this.mode === "record", "replay has no batch");
     this.flushLog();
     const conns: ConnSnapshot[] = [...this.conns].map(([id, c]) => ({
       id,
@@ -896,7 +932,9 @@ export class Vcpu {
     for (const c of d.conns) {
       this.conns.set(c.id, { rx: c.rx.length > 0 ? [c.rx] : [], rxBytes: c.rx.length, peerClosed: c.peerClosed, txWindow: c.txWindow });
     }
-    for (const io of d.diskIos) this.diskIos.set(io.id, { tag: io.tag, ptr: io.ptr, count: io.count, write: io.write });
+    for (const io of d.diskIos) {
+      this.diskIos.set(io.id, { tag: io.tag, ptr: io.ptr, count: io.count, write: io.write, block: io.block, data: io.data });
+    }
     this.nextDiskIoId = d.nextDiskIoId;
     // The idle tick of the snapshot point was taken already; idleLoop takes the next one.
     this.fuel.value = snapshot.icount - 1n;
