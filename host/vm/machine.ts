@@ -13,6 +13,7 @@ import type { InstrumentedModule } from "../instrument/index.js";
 import {
   CONTROL_MAIL,
   CONTROL_SLOTS,
+  CONTROL_STALL,
   type DeviceEvent,
   type FromVcpu,
   type Output,
@@ -54,6 +55,15 @@ export interface MachineOptions {
   onListening?: (virtualPort: number, address: ListenAddress) => void;
   onSnapshot?: (snapshot: VmSnapshot) => void;
   onLive?: (icount: bigint, seq: number) => void;
+  /**
+   * The Output Rule's hook: every output, with the number of log records that precede it,
+   * and the function that lets it out. Without one, outputs leave at once.
+   */
+  holdOutput?: (seq: number, release: () => void) => void;
+  /** Replay progress: records consumed so far and the count the vCPU stands at. */
+  onReplayProgress?: (seq: number, icount: bigint) => void;
+  /** Record: the vCPU stopped for a stall at `seq`. */
+  onStalled?: (seq: number) => void;
   onDeviceError?: (message: string) => void;
 }
 
@@ -121,6 +131,12 @@ export class Machine {
     if (options.mode === "replay") void this.feedReplay();
   }
 
+  /** Stall the vCPU at its next log flush (a full log buffer, §3.2), or let it go again. */
+  setStall(stalled: boolean): void {
+    Atomics.store(this.control, CONTROL_STALL, stalled ? 1 : 0);
+    Atomics.notify(this.control, CONTROL_STALL);
+  }
+
   /** Ask the guest to stop at its next delivery point (record and live). */
   stop(): void {
     this.send({ t: "stop" });
@@ -138,14 +154,25 @@ export class Machine {
       case "log":
         this.options.onRecords?.(message.records);
         break;
-      case "out":
-        this.releaseOutput(message.out);
+      case "out": {
+        const out = message.out;
+        // A disk read and a listen are requests to a device, not outputs: nothing to hold.
+        if (this.options.holdOutput === undefined || out.o === "disk_read" || out.o === "nic_listen") {
+          this.releaseOutput(out);
+        } else {
+          this.options.holdOutput(message.seq, () => this.releaseOutput(out));
+        }
+        break;
+      }
+      case "stalled":
+        this.options.onStalled?.(message.seq);
         break;
       case "rx_consumed":
         this.nic?.rxConsumed(message.conn, message.bytes);
         break;
       case "consumed":
         this.replayConsumed = message.count;
+        this.options.onReplayProgress?.(message.count, message.icount);
         void this.feedReplay();
         break;
       case "snapshot":

@@ -52,7 +52,12 @@ export interface VcpuBoot {
 }
 
 export const CONTROL_MAIL = 0;
-export const CONTROL_SLOTS = 1;
+/**
+ * Non-zero while the log buffer downstream is full (§3.2): the vCPU stops at its next log
+ * flush until it is cleared, so at most one batch (LOG_BATCH_RECORDS_MAX) more arrives.
+ */
+export const CONTROL_STALL = 1;
+export const CONTROL_SLOTS = 2;
 
 /** Main thread → vCPU. */
 export type ToVcpu =
@@ -93,7 +98,9 @@ export type FromVcpu =
   /** Receive-buffer space the guest freed on `conn`: host-side flow control, not an output. */
   | { t: "rx_consumed"; conn: number; bytes: number }
   /** Replay: records consumed so far (flow control for the feeder). */
-  | { t: "consumed"; count: number }
+  | { t: "consumed"; count: number; icount: bigint }
+  /** Record: the vCPU has stopped for a stall (sent once per stall). */
+  | { t: "stalled"; seq: number }
   | { t: "snapshot"; snapshot: VmSnapshot }
   /**
    * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs

@@ -29,6 +29,7 @@ import {
 import { assert } from "../errors.js";
 import {
   CONTROL_MAIL,
+  CONTROL_STALL,
   type VmMode,
   type DeviceEvent,
   type FromVcpu,
@@ -514,7 +515,7 @@ export class Vcpu {
       this.queue.splice(0, this.queueHead);
       this.queueHead = 0;
     }
-    if (this.seq % CONSUMED_REPORT_EVERY === 0) this.post({ t: "consumed", count: this.seq });
+    if (this.seq % CONSUMED_REPORT_EVERY === 0) this.post({ t: "consumed", count: this.seq, icount: this.icount() });
     return record;
   }
 
@@ -580,6 +581,17 @@ export class Vcpu {
     if (this.batch.length === 0) return;
     this.post({ t: "log", records: this.batch });
     this.batch = [];
+    if (Atomics.load(this.control, CONTROL_STALL) !== 0) this.waitWhileStalled();
+  }
+
+  /** The log buffer downstream is full: wait, still answering a stop request. */
+  private waitWhileStalled(): void {
+    this.post({ t: "stalled", seq: this.seq });
+    while (Atomics.load(this.control, CONTROL_STALL) !== 0) {
+      Atomics.wait(this.control, CONTROL_STALL, 1, IDLE_WAIT_MS_MAX);
+      this.pollMail();
+      if (this.stopRequested) return;
+    }
   }
 
   private post(message: FromVcpu): void {
