@@ -137,6 +137,11 @@ export class Machine {
     Atomics.notify(this.control, CONTROL_STALL);
   }
 
+  /** Ends the vCPU at once, wherever it is: what a crash of its host looks like. */
+  kill(): void {
+    void this.worker.terminate();
+  }
+
   /** Ask the guest to stop at its next delivery point (record and live). */
   stop(): void {
     this.send({ t: "stop" });

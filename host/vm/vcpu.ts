@@ -119,6 +119,7 @@ export class Vcpu {
   private readonly queue: LogRecord[] = [];
   private queueHead = 0;
   private recordsEnded = false;
+  private caughtUpReported = -1;
 
   // Device state the guest can observe: part of a snapshot.
   private timerPeriodMs = 0;
@@ -500,6 +501,7 @@ export class Vcpu {
   private peekRecord(): LogRecord | null {
     while (this.queueHead === this.queue.length) {
       if (this.recordsEnded) return null;
+      this.reportCaughtUp();
       this.waitForMail(IDLE_WAIT_MS_MAX);
       this.pollMail();
     }
@@ -519,7 +521,22 @@ export class Vcpu {
     return record;
   }
 
-  /** The count of the next logged event or end: the replay's next deadline. */
+  /**
+   * Replay has consumed every record it was sent and waits for more: say so, so that a backup
+   * whose primary failed knows its replay is complete (it must be before it contends, §2.3).
+   */
+  private reportCaughtUp(): void {
+    if (this.caughtUpReported === this.seq) return;
+    this.caughtUpReported = this.seq;
+    this.post({ t: "consumed", count: this.seq, icount: this.icount() });
+  }
+
+  /**
+   * The replay's next deadline: the count of the next logged event or end. With none received
+   * yet, the count of the last record received is a horizon it may run to: an event delivered
+   * at or before that count would have been logged before that record. Past the horizon it
+   * waits for more of the log (an empty buffer stalls the backup, §3.2).
+   */
   private nextAsyncIcount(): bigint {
     for (;;) {
       for (let i = this.queueHead; i < this.queue.length; i++) {
@@ -528,10 +545,14 @@ export class Vcpu {
         if (record.kind === RecordKind.End) return record.a === StopReason.Trap ? NO_DEADLINE : record.icount;
       }
       if (this.recordsEnded) return NO_DEADLINE;
+      const last = this.queue[this.queue.length - 1];
+      if (this.queueHead < this.queue.length && last !== undefined && last.icount > this.icount()) return last.icount;
+      this.reportCaughtUp();
       this.waitForMail(IDLE_WAIT_MS_MAX);
       this.pollMail();
     }
   }
+
 
   /**
    * The whole log is consumed. A plain replay stops here; a backup goes live (§2.3): from this
