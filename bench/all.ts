@@ -1,9 +1,13 @@
 // `npm run bench`: every benchmark, one after the other, each printing ratios against a
 // baseline measured in this same process.
 import { formatResult, runMeteringBench } from "./metering.js";
+import { printFtBench, runFtBench } from "./ft.js";
 import { printVmBench, runVmBench } from "./vm.js";
 
 console.log("== metering overhead on the cpu guest (metered / raw time)");
 console.log(formatResult(await runMeteringBench()));
 console.log("\n== record, replay and log bandwidth");
 printVmBench(await runVmBench());
+
+console.log("\n== fault tolerance (primary and backup in one process, real WebSocket channel)");
+printFtBench(await runFtBench());

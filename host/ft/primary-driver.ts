@@ -20,8 +20,8 @@ export interface PrimaryDriverOptions {
   token?: string;
   /** The guest's devices: listen addresses, disk, console. */
   devices?: Pick<MachineOptions, "listen" | "diskFile" | "diskBlocks" | "memoryPagesMax" | "onConsole" | "onListening">;
-  /** Called as each output leaves, with the count of records before it. */
-  onRelease?: (seq: number) => void;
+  /** Called as each output leaves, with the count of records before it and how long it was held. */
+  onRelease?: (seq: number, heldMs: number) => void;
   log?: (line: Record<string, unknown>) => void;
 }
 
@@ -30,7 +30,7 @@ export class PrimaryDriver {
   readonly machine: Machine;
   readonly done: Promise<VmResult>;
   private channel: Channel;
-  private readonly held = new Map<number, { seq: number; release: () => void }>();
+  private readonly held = new Map<number, { seq: number; release: () => void; heldSinceMs: number }>();
   private nextOutputId = 1;
   private readonly ticker: NodeJS.Timeout;
   private readonly log: (line: Record<string, unknown>) => void;
@@ -48,7 +48,7 @@ export class PrimaryDriver {
       },
       holdOutput: (seq, release) => {
         const id = this.nextOutputId++;
-        this.held.set(id, { seq, release });
+        this.held.set(id, { seq, release, heldSinceMs: performance.now() });
         this.core.output(id, BigInt(seq));
         this.pump();
       },
@@ -104,7 +104,7 @@ export class PrimaryDriver {
       const output = this.held.get(id)!;
       this.held.delete(id);
       output.release();
-      this.options.onRelease?.(output.seq);
+      this.options.onRelease?.(output.seq, performance.now() - output.heldSinceMs);
     }
     if (ready.testAndSet) {
       void this.options.arbiter.testAndSet(ready.testAndSet).then((result) => {
