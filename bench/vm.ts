@@ -11,7 +11,7 @@ import path from "node:path";
 import { encodedRecordBytes } from "../protocol/codec.js";
 import type { LogRecord } from "../protocol/records.js";
 import { loadGuest } from "../host/vm/guest.js";
-import { Machine, type ReplaySource } from "../host/vm/machine.js";
+import { Machine, recordsSource } from "../host/vm/machine.js";
 import type { VmMode } from "../host/vm/messages.js";
 
 const ROUNDS = 5;
@@ -32,16 +32,6 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]!;
 }
 
-function arraySource(records: LogRecord[]): ReplaySource {
-  let done = false;
-  return {
-    async next() {
-      if (done) return null;
-      done = true;
-      return records;
-    },
-  };
-}
 
 async function timeRun(
   guest: string,
@@ -70,7 +60,7 @@ async function cpuRatios(): Promise<{ recordOverLive: number; replayOverRecord: 
   for (let round = 0; round < ROUNDS; round++) {
     const live = await timeRun("cpu", "live");
     const record = await timeRun("cpu", "record");
-    const replay = await timeRun("cpu", "replay", { replay: arraySource(record.records) });
+    const replay = await timeRun("cpu", "replay", { replay: recordsSource(record.records) });
     // Throughput ratios: above 1 means the second is faster.
     recordOverLive.push(live.ms / record.ms);
     replayOverRecord.push(record.ms / replay.ms);
@@ -124,7 +114,7 @@ async function kvRatios(): Promise<{ recordOverLive: number; replaySpeedup: numb
   for (let round = 0; round < 3; round++) {
     const live = await kvUnderLoad("live");
     const record = await kvUnderLoad("record");
-    const replay = await timeRun("kv", "replay", { replay: arraySource(record.records), diskBlocks: 4096 });
+    const replay = await timeRun("kv", "replay", { replay: recordsSource(record.records), diskBlocks: 4096 });
     liveRates.push(live.rps);
     recordRates.push(record.rps);
     recordOverLive.push(record.rps / live.rps);

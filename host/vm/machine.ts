@@ -34,6 +34,18 @@ export interface ReplaySource {
   next(): Promise<LogRecord[] | null>;
 }
 
+/** A replay source over records already in memory, sent as one batch. */
+export function recordsSource(records: LogRecord[]): ReplaySource {
+  let sent = false;
+  return {
+    async next() {
+      if (sent) return null;
+      sent = true;
+      return records;
+    },
+  };
+}
+
 export interface MachineOptions {
   mode: VmMode;
   module: InstrumentedModule;

@@ -8,19 +8,9 @@ import { describe, expect, it } from "vitest";
 import { readLogFile } from "../../protocol/log-file.js";
 import { RecordKind, type LogRecord } from "../../protocol/records.js";
 import { loadGuest } from "../../host/vm/guest.js";
-import { Machine, type ReplaySource } from "../../host/vm/machine.js";
+import { Machine, recordsSource } from "../../host/vm/machine.js";
 import { lockstep, tempDir } from "../helpers/cli.js";
 
-function source(records: LogRecord[]): ReplaySource {
-  let sent = false;
-  return {
-    async next() {
-      if (sent) return null;
-      sent = true;
-      return records;
-    },
-  };
-}
 
 describe("go-live", () => {
   it("counter: a backup that goes live continues the primary's execution and log", async () => {
@@ -39,7 +29,7 @@ describe("go-live", () => {
       mode: "replay",
       goLiveAs: "record",
       module: guest.module,
-      replay: source(primary),
+      replay: recordsSource(primary),
       onLive: (icount, seq) => (liveAt = { icount, seq }),
       onRecords: (records) => {
         afterLive.push(...records);
@@ -61,7 +51,7 @@ describe("go-live", () => {
     const replay = await new Machine({
       mode: "replay",
       module: guest.module,
-      replay: source([...primary, ...afterLive]),
+      replay: recordsSource([...primary, ...afterLive]),
     }).done;
     expect(replay.stop, replay.message ?? "").toBe("stopped");
     expect(replay.icount).toBe(live.icount);

@@ -4,22 +4,11 @@
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { readLogFile } from "../../protocol/log-file.js";
-import type { LogRecord } from "../../protocol/records.js";
 import { loadGuest } from "../../host/vm/guest.js";
-import { Machine, type ReplaySource } from "../../host/vm/machine.js";
+import { Machine, recordsSource } from "../../host/vm/machine.js";
 import type { VmSnapshot } from "../../host/vm/snapshot.js";
 import { lockstep, resultLine, tempDir } from "../helpers/cli.js";
 
-function source(records: LogRecord[]): ReplaySource {
-  let sent = false;
-  return {
-    async next() {
-      if (sent) return null;
-      sent = true;
-      return records;
-    },
-  };
-}
 
 describe("snapshot and restore", () => {
   for (const guest of ["counter", "kv"]) {
@@ -43,7 +32,7 @@ describe("snapshot and restore", () => {
         diskBlocks: config.diskBlocks,
         memoryPagesMax: config.memoryPagesMax,
         snapshotAtIdle: midpoint,
-        replay: source(records),
+        replay: recordsSource(records),
         onSnapshot: (s) => (snapshot = s),
       }).done;
       expect(whole.stop, whole.message ?? "").toBe("stopped");
@@ -61,7 +50,7 @@ describe("snapshot and restore", () => {
         diskBlocks: config.diskBlocks,
         memoryPagesMax: config.memoryPagesMax,
         restore: taken,
-        replay: source(records.slice(taken.seq)),
+        replay: recordsSource(records.slice(taken.seq)),
       }).done;
       expect(restored.message).toBe(whole.message);
       expect(restored.icount).toBe(whole.icount);
