@@ -17,7 +17,6 @@
 // non-empty and dense is the FT core's check (BAD_BATCH), not this file's.
 
 import assert from "node:assert/strict";
-import { crc32 } from "node:zlib";
 import type {
   AckMessage,
   ChannelMessage,
@@ -28,6 +27,7 @@ import type {
 } from "../host/ft/messages.js";
 import { decodeRecords, encodedRecordBytes, writeRecord, FRAME_BYTES_MAX as RECORD_FRAME_BYTES_MAX } from "./codec.js";
 import { CodecError } from "./errors.js";
+import { openFrame, sealFrame, type EnvelopeFormat } from "./frame-envelope.js";
 import type { LogRecord } from "./records.js";
 import { TOKEN_BYTES_MAX, VM_ID_BYTES_MAX } from "./storage-frames.js";
 import { U64_MAX, VARINT_U32_BYTES_MAX, VARINT_U64_BYTES_MAX, varintSize, varintSizeU64, writeVarint, writeVarintU64 } from "./varint.js";
@@ -126,6 +126,13 @@ export function channelError(code: ChannelErrorCode, offset: number, detail: str
   // One line, always: a detail never carries decoded strings, but guard anyway.
   return new ChannelError(code, offset, detail.replace(/[\r\n]+/g, " "), cause === undefined ? undefined : { cause });
 }
+
+const CHANNEL_FORMAT: EnvelopeFormat = {
+  magic: CHANNEL_MAGIC,
+  version: CHANNEL_VERSION,
+  bodyBytesMax: CHANNEL_BODY_BYTES_MAX,
+  fail: (fault, offset, detail) => channelError(`CHANNEL_${fault}`, offset, detail),
+};
 
 export function isChannelError(error: unknown, code?: ChannelErrorCode): error is ChannelError {
   return error instanceof ChannelError && (code === undefined || error.code === code);
@@ -249,15 +256,7 @@ export function encodeChannelMessage(message: ChannelMessage): Uint8Array {
   const { type, body } = bodyOf(message);
   // A batch over the limit is the sender's bug: it sizes batches (CHANNEL_RECORD_BYTES_MAX).
   if (body.size > CHANNEL_BODY_BYTES_MAX) assert.fail(`channel frame body is ${body.size} bytes, limit ${CHANNEL_BODY_BYTES_MAX}`);
-  const out = new Uint8Array(HEADER_FIXED_BYTES + varintSize(body.size) + body.size + CHECKSUM_BYTES);
-  out.set(CHANNEL_MAGIC, 0);
-  out[2] = CHANNEL_VERSION;
-  out[3] = type;
-  let pos = writeVarint(out, HEADER_FIXED_BYTES, body.size);
-  pos = body.writeTo(out, pos);
-  assert(pos === out.length - CHECKSUM_BYTES, "channel frame size miscounted");
-  writeU32LE(out, pos, crc32(out.subarray(0, pos)));
-  return out;
+  return sealFrame(CHANNEL_FORMAT, type, body.size, (out, pos) => body.writeTo(out, pos));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,49 +336,7 @@ class BodyReader {
 
 /** Decodes one frame: `bytes` must hold exactly one frame (one WebSocket message). */
 export function decodeChannelMessage(bytes: Uint8Array): ChannelMessage {
-  // 1. Magic, over the bytes present: garbage fails on its first bytes.
-  const magicAvailable = Math.min(bytes.length, CHANNEL_MAGIC.length);
-  for (let index = 0; index < magicAvailable; index++) {
-    if (bytes[index] !== CHANNEL_MAGIC[index]) throw channelError("CHANNEL_BAD_MAGIC", index, 'bytes do not start with "LC"');
-  }
-  if (bytes.length < HEADER_FIXED_BYTES + 1) {
-    throw channelError("CHANNEL_TRUNCATED", bytes.length, `${bytes.length} bytes, a frame has at least ${HEADER_FIXED_BYTES + 1 + CHECKSUM_BYTES}`);
-  }
-  // 2. Version, before the checksum: another version may lay out the rest differently.
-  const version = bytes[2]!;
-  if (version !== CHANNEL_VERSION) {
-    throw channelError("CHANNEL_BAD_VERSION", 2, `version ${version}, this peer speaks version ${CHANNEL_VERSION} only`);
-  }
-  // 3. Body length, checked against the limit at every byte, before anything is allocated.
-  let pos = HEADER_FIXED_BYTES;
-  let length = 0;
-  for (let index = 0; ; index++) {
-    if (pos >= bytes.length) throw channelError("CHANNEL_TRUNCATED", pos, "frame ends inside the body length");
-    const byte = bytes[pos++]!;
-    length += (byte & 0x7f) * 2 ** (7 * index);
-    if (length > CHANNEL_BODY_BYTES_MAX) {
-      throw channelError("CHANNEL_TOO_LARGE", HEADER_FIXED_BYTES, `body length ${length} exceeds limit ${CHANNEL_BODY_BYTES_MAX}`);
-    }
-    if ((byte & 0x80) === 0) {
-      if (byte === 0 && index > 0) throw channelError("CHANNEL_MALFORMED", HEADER_FIXED_BYTES, "body length is not minimally encoded");
-      break;
-    }
-    if (index + 1 === LENGTH_BYTES_MAX) {
-      throw channelError("CHANNEL_TOO_LARGE", HEADER_FIXED_BYTES, `body length prefix longer than ${LENGTH_BYTES_MAX} bytes`);
-    }
-  }
-  // 4. Exactly one frame.
-  const bodyStart = pos;
-  const bodyEnd = bodyStart + length;
-  const frameBytes = bodyEnd + CHECKSUM_BYTES;
-  if (bytes.length < frameBytes) throw channelError("CHANNEL_TRUNCATED", bytes.length, `${bytes.length} of ${frameBytes} bytes`);
-  if (bytes.length > frameBytes) throw channelError("CHANNEL_MALFORMED", frameBytes, `${bytes.length - frameBytes} bytes after the frame`);
-  // 5. Checksum.
-  if (readU32LE(bytes, bodyEnd) !== crc32(bytes.subarray(0, bodyEnd))) {
-    throw channelError("CHANNEL_CHECKSUM", bodyEnd, "checksum mismatch");
-  }
-  // 6. Type and body.
-  const type = bytes[3]!;
+  const { type, bodyStart, bodyEnd } = openFrame(bytes, CHANNEL_FORMAT);
   if (!(type >= ChannelFrameType.Hello && type <= ChannelFrameType.Ack)) {
     throw channelError("CHANNEL_UNKNOWN_TYPE", 3, `frame type ${type}`);
   }
@@ -467,17 +424,4 @@ function decodeEntries(bytes: Uint8Array, start: number, end: number, count: num
       error.code === "LOG_CHECKSUM" ? "CHANNEL_CHECKSUM" : error.code === "LOG_TOO_LARGE" ? "CHANNEL_TOO_LARGE" : "CHANNEL_MALFORMED";
     throw channelError(code, start + error.offset, `record ${error.recordCount}: ${error.detail} (${error.code})`, error);
   }
-}
-
-// Fixed-width little-endian u32 (the checksum). Not DataView: `bytes` may be a Buffer view.
-
-function readU32LE(bytes: Uint8Array, pos: number): number {
-  return (bytes[pos]! | (bytes[pos + 1]! << 8) | (bytes[pos + 2]! << 16) | (bytes[pos + 3]! << 24)) >>> 0;
-}
-
-function writeU32LE(out: Uint8Array, pos: number, value: number): void {
-  out[pos] = value & 0xff;
-  out[pos + 1] = (value >>> 8) & 0xff;
-  out[pos + 2] = (value >>> 16) & 0xff;
-  out[pos + 3] = value >>> 24;
 }

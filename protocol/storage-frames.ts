@@ -13,7 +13,7 @@
 // Encoding a frame whose fields are out of range is a programmer error: an assertion.
 
 import assert from "node:assert/strict";
-import { crc32 } from "node:zlib";
+import { openFrame, sealFrame, type EnvelopeFormat } from "./frame-envelope.js";
 import { varintSize, writeVarint } from "./varint.js";
 
 /** Protocol version written by this codec and the only one it reads. */
@@ -248,6 +248,13 @@ export function frameError(code: FrameErrorCode, offset: number, detail: string)
   return new FrameError(code, offset, detail.replace(/[\r\n]+/g, " "));
 }
 
+const STORAGE_FORMAT: EnvelopeFormat = {
+  magic: STORAGE_MAGIC,
+  version: STORAGE_VERSION,
+  bodyBytesMax: BODY_BYTES_MAX,
+  fail: (fault, offset, detail) => frameError(`FRAME_${fault}`, offset, detail),
+};
+
 export function isFrameError(error: unknown, code?: FrameErrorCode): error is FrameError {
   return error instanceof FrameError && (code === undefined || error.code === code);
 }
@@ -350,15 +357,7 @@ function bodyOf(frame: Frame): BodyWriter {
 export function encodeFrame(frame: Frame): Uint8Array {
   const body = bodyOf(frame);
   assert(body.size <= BODY_BYTES_MAX, "body over its limit");
-  const out = new Uint8Array(HEADER_FIXED_BYTES + varintSize(body.size) + body.size + CHECKSUM_BYTES);
-  out.set(STORAGE_MAGIC, 0);
-  out[2] = STORAGE_VERSION;
-  out[3] = frame.type;
-  let pos = writeVarint(out, HEADER_FIXED_BYTES, body.size);
-  pos = body.writeTo(out, pos);
-  assert(pos === out.length - CHECKSUM_BYTES, "frame size miscounted");
-  writeU32LE(out, pos, crc32(out.subarray(0, pos)));
-  return out;
+  return sealFrame(STORAGE_FORMAT, frame.type, body.size, (out, pos) => body.writeTo(out, pos));
 }
 
 /**
@@ -445,45 +444,7 @@ class BodyReader {
 
 /** Decodes one frame: `bytes` must hold exactly one frame (one WebSocket message). */
 export function decodeFrame(bytes: Uint8Array): Frame {
-  // 1. Magic, over the bytes present: garbage fails on its first bytes.
-  const magicAvailable = Math.min(bytes.length, STORAGE_MAGIC.length);
-  for (let index = 0; index < magicAvailable; index++) {
-    if (bytes[index] !== STORAGE_MAGIC[index]) throw frameError("FRAME_BAD_MAGIC", index, 'bytes do not start with "LS"');
-  }
-  if (bytes.length < HEADER_FIXED_BYTES + 1) {
-    throw frameError("FRAME_TRUNCATED", bytes.length, `${bytes.length} bytes, a frame has at least ${HEADER_FIXED_BYTES + 1 + CHECKSUM_BYTES}`);
-  }
-  // 2. Version, before the checksum: another version may lay out the rest differently.
-  const version = bytes[2]!;
-  if (version !== STORAGE_VERSION) {
-    throw frameError("FRAME_BAD_VERSION", 2, `version ${version}, this peer speaks version ${STORAGE_VERSION} only`);
-  }
-  // 3. Body length, checked against the limit at every byte, before anything is allocated.
-  let pos = HEADER_FIXED_BYTES;
-  let length = 0;
-  for (let index = 0; ; index++) {
-    if (pos >= bytes.length) throw frameError("FRAME_TRUNCATED", pos, "frame ends inside the body length");
-    const byte = bytes[pos++]!;
-    length += (byte & 0x7f) * 2 ** (7 * index);
-    if (length > BODY_BYTES_MAX) throw frameError("FRAME_TOO_LARGE", HEADER_FIXED_BYTES, `body length ${length} exceeds limit ${BODY_BYTES_MAX}`);
-    if ((byte & 0x80) === 0) {
-      if (byte === 0 && index > 0) throw frameError("FRAME_MALFORMED", HEADER_FIXED_BYTES, "body length is not minimally encoded");
-      break;
-    }
-    if (index + 1 === LENGTH_BYTES_MAX) {
-      throw frameError("FRAME_TOO_LARGE", HEADER_FIXED_BYTES, `body length prefix longer than ${LENGTH_BYTES_MAX} bytes`);
-    }
-  }
-  // 4. Exactly one frame.
-  const bodyStart = pos;
-  const bodyEnd = bodyStart + length;
-  const frameBytes = bodyEnd + CHECKSUM_BYTES;
-  if (bytes.length < frameBytes) throw frameError("FRAME_TRUNCATED", bytes.length, `${bytes.length} of ${frameBytes} bytes`);
-  if (bytes.length > frameBytes) throw frameError("FRAME_MALFORMED", frameBytes, `${bytes.length - frameBytes} bytes after the frame`);
-  // 5. Checksum.
-  if (readU32LE(bytes, bodyEnd) !== crc32(bytes.subarray(0, bodyEnd))) throw frameError("FRAME_CHECKSUM", bodyEnd, "checksum mismatch");
-  // 6. Type and body.
-  const type = bytes[3]!;
+  const { type, bodyStart, bodyEnd } = openFrame(bytes, STORAGE_FORMAT);
   const reader = new BodyReader(bytes, bodyStart, bodyEnd);
   let frame: Frame;
   switch (type) {
@@ -553,19 +514,6 @@ function readStatus(reader: BodyReader): Status {
 
 export function statusName(status: Status): StatusName {
   return STATUS_NAMES[status];
-}
-
-// Fixed-width little-endian u32 (the checksum). Not DataView: `bytes` may be a Buffer view.
-
-function readU32LE(bytes: Uint8Array, pos: number): number {
-  return (bytes[pos]! | (bytes[pos + 1]! << 8) | (bytes[pos + 2]! << 16) | (bytes[pos + 3]! << 24)) >>> 0;
-}
-
-function writeU32LE(out: Uint8Array, pos: number, value: number): void {
-  out[pos] = value & 0xff;
-  out[pos + 1] = (value >>> 8) & 0xff;
-  out[pos + 2] = (value >>> 16) & 0xff;
-  out[pos + 3] = value >>> 24;
 }
 
 // The fields bound: the largest body (a request or response) without its data must fit
