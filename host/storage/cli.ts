@@ -2,12 +2,12 @@
 //
 // stdout gets exactly one line, once listening: READY {"url":"ws://127.0.0.1:PORT","pid":N},
 // so that a supervisor or a test can wait for it and learn the port (--port 0 picks one).
-// stderr gets the structured logs, one JSON object per line (host/storage/log.ts). A failure to
+// stderr gets the structured logs, one JSON object per line (host/log.ts). A failure to
 // start is a LockstepError, which the CLI prints as its usual single line.
 
 import { parseArgs } from "node:util";
-import { LockstepError } from "../errors.js";
-import { createLogger, LOG_LEVELS, type LogLevel } from "./log.js";
+import { integer, logLevel, optionalInteger, secret, untilSignal } from "../cli/flags.js";
+import { createLogger } from "../log.js";
 import { STORAGE_DEFAULTS, startStorageServer } from "./server.js";
 
 export const STORAGE_PORT_DEFAULT = 7420;
@@ -46,15 +46,8 @@ export async function storageCommand(args: string[]): Promise<number> {
     process.stdout.write(STORAGE_USAGE + "\n");
     return 0;
   }
-  const token = values.token ?? process.env[STORAGE_TOKEN_ENV] ?? null;
-  if (token !== null && (token.length === 0 || Buffer.byteLength(token) > 256)) {
-    throw new LockstepError("USAGE", "--token takes 1 to 256 bytes");
-  }
-  const level = values["log-level"];
-  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
-    throw new LockstepError("USAGE", `--log-level takes one of ${LOG_LEVELS.join(", ")}, not "${level}"`);
-  }
-  const log = createLogger(level as LogLevel);
+  const token = secret(values.token, STORAGE_TOKEN_ENV, "--token");
+  const log = createLogger(logLevel(values["log-level"]));
 
   const server = await startStorageServer({
     host: values.host,
@@ -68,28 +61,8 @@ export async function storageCommand(args: string[]): Promise<number> {
   });
   process.stdout.write(`READY ${JSON.stringify({ url: server.url, pid: process.pid })}\n`);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const stop = (received: NodeJS.Signals) => {
-      process.off("SIGINT", stop);
-      process.off("SIGTERM", stop);
-      resolve(received);
-    };
-    process.on("SIGINT", stop);
-    process.on("SIGTERM", stop);
-  });
+  const signal = await untilSignal();
   log.info("signal received", { signal });
   await server.close();
   return 0;
-}
-
-function integer(text: string, flag: string, min: number, max: number): number {
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
-    throw new LockstepError("USAGE", `${flag} takes an integer from ${min} to ${max}, not "${text}"`);
-  }
-  return value;
-}
-
-function optionalInteger(text: string | undefined, flag: string, min: number, max: number): number | undefined {
-  return text === undefined ? undefined : integer(text, flag, min, max);
 }

@@ -20,7 +20,7 @@ import { BLOCK_BYTES, DISK_BLOCKS_MAX, Status } from "../../protocol/storage-fra
 import { assert } from "../errors.js";
 import { ioError, OpError, opError } from "./errors.js";
 import { fsyncDir, readAll, writeAll } from "./fsutil.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../log.js";
 
 export interface OpenResult {
   blocks: number;

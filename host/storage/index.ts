@@ -12,5 +12,5 @@ export {
   type TestAndSetAnswer,
 } from "./client.js";
 export { isStorageError, StorageError, type StorageErrorCode } from "./errors.js";
-export { createLogger, type Logger, type LogLevel } from "./log.js";
+export { createLogger, type Logger, type LogLevel } from "../log.js";
 export { isLoopback, STORAGE_DEFAULTS, type StorageServer, type StorageServerOptions, startStorageServer } from "./server.js";

@@ -23,7 +23,7 @@ import path from "node:path";
 import { assert } from "../errors.js";
 import { ioError, OpError } from "./errors.js";
 import { ensureDir, fsyncDir } from "./fsutil.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../log.js";
 
 export interface Register {
   generation: number;

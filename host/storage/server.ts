@@ -40,7 +40,7 @@ import { assert, LockstepError } from "../errors.js";
 import { DiskStore } from "./disks.js";
 import { OpError } from "./errors.js";
 import { ensureDir } from "./fsutil.js";
-import { type Logger, SILENT_LOGGER } from "./log.js";
+import { type Logger, SILENT_LOGGER } from "../log.js";
 import { RegisterStore } from "./registers.js";
 
 export interface StorageServerOptions {

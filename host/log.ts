@@ -1,4 +1,4 @@
-// Structured logs of the storage server: one JSON object per line on stderr,
+// Structured logs of every Lockstep daemon (storage, host, up): one JSON object per line on stderr,
 //   {"ts":"<ISO 8601>","level":"info","msg":"...","vm":"kv"|null,"generation":3|null, ...}
 // `vm` and `generation` are always present (null when the line is about neither), so that
 // a reader can filter a VM's history without knowing every message. Other fields depend on
@@ -25,7 +25,7 @@ export function createLogger(level: LogLevel = "info", write: (line: string) => 
   const emit = (lineLevel: LogLevel, msg: string, fields: LogFields = {}) => {
     if (LOG_LEVELS.indexOf(lineLevel) < threshold) return;
     const { vm = null, generation = null, ...rest } = fields;
-    write(JSON.stringify({ ts: new Date().toISOString(), level: lineLevel, msg, vm, generation, ...rest }) + "\n");
+    write(JSON.stringify({ ts: new Date().toISOString(), level: lineLevel, msg, vm, generation, ...rest }, bigintAsString) + "\n");
   };
   return {
     debug: (msg, fields) => emit("debug", msg, fields),
@@ -37,3 +37,8 @@ export function createLogger(level: LogLevel = "info", write: (line: string) => 
 
 /** Discards everything (library use without logs). */
 export const SILENT_LOGGER: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** Instruction counts and seqs are bigints: JSON has no such type, so they are written as strings. */
+function bigintAsString(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? String(value) : value;
+}
