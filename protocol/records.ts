@@ -51,6 +51,8 @@ export enum ControlKind {
   PowerOff = 1,
   Pause = 2,
   Resume = 3,
+  /** `value`: the new limit on guest memory in 64 KiB pages, for later memory.grow calls. */
+  MemoryMax = 4,
 }
 
 /**

@@ -20,6 +20,8 @@ export interface Guest {
   module: InstrumentedModule;
   /** The guest imports the virtual disk, so it wants an image. */
   usesDisk: boolean;
+  /** The guest imports nic_listen: it serves TCP. */
+  listens: boolean;
 }
 
 export function exampleGuests(): string[] {
@@ -57,10 +59,10 @@ export function loadGuest(nameOrPath: string): Guest {
     throw error;
   }
   const hash = new Uint8Array(createHash("sha256").update(bytes).digest());
-  const usesDisk = WebAssembly.Module.imports(new WebAssembly.Module(bytes)).some(
-    (i) => i.module === "lockstep" && i.name.startsWith("disk_"),
-  );
-  return { name, file, hash, module, usesDisk };
+  const imports = WebAssembly.Module.imports(new WebAssembly.Module(bytes)).filter((i) => i.module === "lockstep");
+  const usesDisk = imports.some((i) => i.name.startsWith("disk_"));
+  const listens = imports.some((i) => i.name === "nic_listen");
+  return { name, file, hash, module, usesDisk, listens };
 }
 
 function findProjectRoot(start: string): string {

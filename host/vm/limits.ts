@@ -11,3 +11,5 @@ export const DISK_IO_BLOCKS_MAX = 256;
 export const BLOCK_BYTES = 4096;
 export const RANDOM_FILL_BYTES_MAX = 65536;
 export const CONSOLE_WRITE_BYTES_MAX = 65536;
+/** The most memory a wasm32 guest can address: 4 GiB, in 64 KiB pages. */
+export const MEMORY_PAGES_LIMIT = 65536;

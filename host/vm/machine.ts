@@ -6,14 +6,17 @@
 // with no backup, they are released at once.
 
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
-import type { LogRecord } from "../../protocol/records.js";
+import type { ControlKind, LogRecord } from "../../protocol/records.js";
+import { assert } from "../errors.js";
 import { FileDisk } from "../devices/file-disk.js";
 import { TcpNic, type ListenAddress } from "../devices/tcp-nic.js";
 import type { InstrumentedModule } from "../instrument/index.js";
 import {
+  CONTROL_CPU_SHARE,
   CONTROL_MAIL,
   CONTROL_SLOTS,
   CONTROL_STALL,
+  CPU_SHARE_FULL,
   type DeviceEvent,
   type FromVcpu,
   type Output,
@@ -46,16 +49,59 @@ export function recordsSource(records: LogRecord[]): ReplaySource {
   };
 }
 
+/** A virtual disk's main-thread half: FileDisk, RemoteDisk, or a test's double. */
+export interface DiskDevice {
+  read(id: number, block: number, count: number): void;
+  write(id: number, block: number, data: Uint8Array): void;
+  /** Waits for the IOs in flight; the device is not used afterwards. */
+  close(): Promise<void>;
+}
+
+type Deliver = (event: DeviceEvent) => void;
+
+/**
+ * Makes the disk, given where its completions go (DiskDone events, as FileDisk sends them).
+ * The Machine calls it once, in its constructor, in every mode, and from then on owns the
+ * device: it closes it when the run ends.
+ */
+export type DiskFactory = (deliver: Deliver) => DiskDevice;
+
+/**
+ * A DiskFactory for a device that must be opened, asynchronously, with its `deliver`
+ * function before the Machine exists (RemoteDisk.open):
+ *
+ *   disk: await openDisk((deliver) => RemoteDisk.open(client, vmId, blocks, deliver))
+ *
+ * Completions go to the Machine the factory is then given to. A device delivers only for IOs
+ * submitted to it, so none can come before.
+ */
+export async function openDisk(open: (deliver: Deliver) => Promise<DiskDevice>): Promise<DiskFactory> {
+  let target: Deliver | null = null;
+  const device = await open((event) => {
+    assert(target !== null, "a disk completion before the disk was given to a Machine");
+    target(event);
+  });
+  return (deliver) => {
+    assert(target === null, "one opened disk serves one Machine");
+    target = deliver;
+    return device;
+  };
+}
+
 export interface MachineOptions {
   mode: VmMode;
   module: InstrumentedModule;
   diskFile?: string | null;
+  /** Instead of diskFile: the disk device (diskBlocks must say its size). */
+  disk?: DiskFactory;
   diskBlocks?: number;
   memoryPagesMax?: number;
   listen?: (virtualPort: number) => ListenAddress;
   maxInstructions?: bigint | null;
   untilIcount?: bigint | null;
   digestAtOutputs?: boolean;
+  /** Record: log a marker (an empty Digest record) at every output; see VcpuBoot. */
+  markOutputs?: boolean;
   jitterSeed?: number | null;
   snapshotAtIdle?: bigint | null;
   /** Replay: at the end of the log go on as this mode, with this machine's devices (go-live). */
@@ -67,6 +113,8 @@ export interface MachineOptions {
   onListening?: (virtualPort: number, address: ListenAddress) => void;
   onSnapshot?: (snapshot: VmSnapshot) => void;
   onLive?: (icount: bigint, seq: number) => void;
+  /** Record/live: the guest stopped running for a Pause control (true), or resumed (false). */
+  onPaused?: (paused: boolean) => void;
   /**
    * The Output Rule's hook: every output, with the number of log records that precede it,
    * and the function that lets it out. Without one, outputs leave at once.
@@ -83,9 +131,10 @@ export class Machine {
   readonly done: Promise<VmResult>;
   private readonly worker: Worker;
   private readonly port: MessagePort;
-  private readonly control: Int32Array;
+  private readonly urgentPort: MessagePort;
+  private readonly slots: Int32Array;
   private readonly nic: TcpNic | null = null;
-  private readonly disk: FileDisk | null = null;
+  private readonly disk: DiskDevice | null = null;
   private replaySent = 0;
   private replayConsumed = 0;
   private replayFeeding = false;
@@ -93,7 +142,10 @@ export class Machine {
   private finished = false;
 
   constructor(private readonly options: MachineOptions) {
+    assert(!(options.disk && options.diskFile), "one disk: a device or a file");
+    assert(!options.disk || (options.diskBlocks ?? 0) > 0, "an injected disk comes with its size in diskBlocks");
     const deliver = (event: DeviceEvent) => this.send({ t: "event", event });
+    if (options.disk) this.disk = options.disk(deliver);
     if (options.mode !== "replay" || options.goLiveAs) {
       this.nic = new TcpNic(
         options.listen ?? ((port) => ({ host: "127.0.0.1", port })),
@@ -104,26 +156,31 @@ export class Machine {
       if (options.diskFile) this.disk = FileDisk.open(options.diskFile, options.diskBlocks ?? 0, deliver);
     }
     const shared = new SharedArrayBuffer(CONTROL_SLOTS * Int32Array.BYTES_PER_ELEMENT);
-    this.control = new Int32Array(shared);
+    this.slots = new Int32Array(shared);
+    Atomics.store(this.slots, CONTROL_CPU_SHARE, CPU_SHARE_FULL);
     const channel = new MessageChannel();
     this.port = channel.port1;
+    const urgent = new MessageChannel();
+    this.urgentPort = urgent.port1;
     const boot: VcpuBoot = {
       mode: options.mode,
       wasm: options.module.wasm,
       globals: options.module.globals,
-      diskBlocks: options.diskFile || options.mode === "replay" ? (options.diskBlocks ?? 0) : 0,
+      diskBlocks: options.diskFile || options.disk || options.mode === "replay" ? (options.diskBlocks ?? 0) : 0,
       memoryPagesMax: options.memoryPagesMax ?? MEMORY_PAGES_MAX_DEFAULT,
       maxInstructions: options.maxInstructions ?? null,
       untilIcount: options.untilIcount ?? null,
       digestAtOutputs: options.digestAtOutputs ?? false,
+      markOutputs: options.markOutputs ?? false,
       jitterSeed: options.jitterSeed ?? null,
       snapshotAtIdle: options.snapshotAtIdle ?? null,
       goLiveAs: options.goLiveAs ?? null,
       restore: options.restore ?? null,
       control: shared,
       port: channel.port2,
+      urgentPort: urgent.port2,
     };
-    this.worker = new Worker(workerEntry(), { workerData: boot, transferList: [channel.port2] });
+    this.worker = new Worker(workerEntry(), { workerData: boot, transferList: [channel.port2, urgent.port2] });
     this.done = new Promise<VmResult>((resolve) => {
       const fail = (message: string) =>
         resolve({ icount: 0n, digest: "", entries: 0, stop: "error", exitCode: 1, message });
@@ -145,8 +202,29 @@ export class Machine {
 
   /** Stall the vCPU at its next log flush (a full log buffer, §3.2), or let it go again. */
   setStall(stalled: boolean): void {
-    Atomics.store(this.control, CONTROL_STALL, stalled ? 1 : 0);
-    Atomics.notify(this.control, CONTROL_STALL);
+    Atomics.store(this.slots, CONTROL_STALL, stalled ? 1 : 0);
+    Atomics.notify(this.slots, CONTROL_STALL);
+  }
+
+  /**
+   * The share of a CPU the guest may use, in [0.01, 1] (record and live; §3.2: slow the
+   * primary while its backup lags). Takes effect at the vCPU's next checkpoint.
+   */
+  setCpuShare(share: number): void {
+    assert(share >= 0.01 && share <= 1, `a CPU share in [0.01, 1], not ${share}`);
+    Atomics.store(this.slots, CONTROL_CPU_SHARE, Math.round(share * CPU_SHARE_FULL));
+  }
+
+  /**
+   * A control entry (§3.3), applied at the guest's next checkpoint or idle point and logged
+   * there in record mode (record and live; docs/log-format.md says what each does):
+   * PowerOff ends the run with stop "poweroff"; Pause holds the guest until a Resume
+   * (onPaused reports both); MemoryMax sets the memory.grow limit to `value` pages. A stop
+   * request received with them wins. A replaying VM keeps them until it goes live.
+   */
+  control(kind: ControlKind, value = 0): void {
+    assert(Number.isSafeInteger(value), `an integer control argument, not ${value}`);
+    this.send({ t: "control", kind, value });
   }
 
   /** Ends the vCPU at once, wherever it is: what a crash of its host looks like. */
@@ -161,9 +239,10 @@ export class Machine {
 
   private send(message: ToVcpu): void {
     if (this.finished) return;
-    this.port.postMessage(message);
-    Atomics.add(this.control, CONTROL_MAIL, 1);
-    Atomics.notify(this.control, CONTROL_MAIL);
+    const urgent = message.t === "stop" || message.t === "control";
+    (urgent ? this.urgentPort : this.port).postMessage(message);
+    Atomics.add(this.slots, CONTROL_MAIL, 1);
+    Atomics.notify(this.slots, CONTROL_MAIL);
   }
 
   private receive(message: Exclude<FromVcpu, { t: "done" }>): void {
@@ -194,6 +273,9 @@ export class Machine {
         break;
       case "snapshot":
         this.options.onSnapshot?.(message.snapshot);
+        break;
+      case "paused":
+        this.options.onPaused?.(message.paused);
         break;
       case "live":
         for (const port of message.listening) this.nic?.listen(port);
@@ -256,6 +338,7 @@ export class Machine {
     await this.nic?.shutdown();
     await this.disk?.close();
     this.port.close();
+    this.urgentPort.close();
   }
 }
 

@@ -6,7 +6,7 @@
 // there is mail with one Atomics.load per checkpoint.
 
 import type { MessagePort } from "node:worker_threads";
-import type { EventKind, LogRecord } from "../../protocol/records.js";
+import type { ControlKind, EventKind, LogRecord } from "../../protocol/records.js";
 import type { DiskIoSnapshot, VmSnapshot } from "./snapshot.js";
 
 export type VmMode = "live" | "record" | "replay";
@@ -36,6 +36,12 @@ export interface VcpuBoot {
   /** Record: add a Digest record at every output, so replay checks state there. */
   digestAtOutputs: boolean;
   /**
+   * Record: add an empty Digest record (a marker) at every output, counted in the output's
+   * `seq`, so that exactly one of primary and backup emits each output (docs/log-format.md).
+   * digestAtOutputs implies it: a full digest is a marker too.
+   */
+  markOutputs: boolean;
+  /**
    * Record/live: when set, each slice between mailbox checks has a pseudo-random length drawn
    * from this seed, so asynchronous events land at randomized counts (for testing).
    */
@@ -46,9 +52,12 @@ export interface VcpuBoot {
   snapshotAtIdle: bigint | null;
   /** Start from this snapshot instead of booting the guest. */
   restore: VmSnapshot | null;
-  /** Shared Int32Array: [MAIL] is bumped by the main thread after each post. */
+  /** Shared Int32Array: [MAIL] is bumped by the main thread after each post (on either port). */
   control: SharedArrayBuffer;
+  /** Device events and the log. */
   port: MessagePort;
+  /** Stop and control requests: read before `port`, and even while events back up there. */
+  urgentPort: MessagePort;
 }
 
 export const CONTROL_MAIL = 0;
@@ -57,7 +66,13 @@ export const CONTROL_MAIL = 0;
  * flush until it is cleared, so at most one batch (LOG_BATCH_RECORDS_MAX) more arrives.
  */
 export const CONTROL_STALL = 1;
-export const CONTROL_SLOTS = 2;
+/**
+ * Record/live: the share of its CPU the vCPU may use, in permille (1000: all of it). Lowered
+ * when the backup lags (§3.2); the vCPU sleeps after each slice to match it.
+ */
+export const CONTROL_CPU_SHARE = 2;
+export const CONTROL_SLOTS = 3;
+export const CPU_SHARE_FULL = 1000;
 
 /** Main thread → vCPU. */
 export type ToVcpu =
@@ -67,7 +82,12 @@ export type ToVcpu =
   /** Replay: the log ends here; no more records will come. */
   | { t: "records_end" }
   /** Record/live: stop at the next delivery point. */
-  | { t: "stop" };
+  | { t: "stop" }
+  /**
+   * Record/live: a control entry (§3.3), applied and logged at the next checkpoint or idle
+   * point. `value`: MemoryMax's page limit; 0 for the others.
+   */
+  | { t: "control"; kind: ControlKind; value: number };
 
 /** An output of the guest. Held under the Output Rule until `afterSeq` records are safe. */
 export type Output =
@@ -83,7 +103,8 @@ export interface VmResult {
   digest: string;
   entries: number;
   /** How the run ended. */
-  stop: "exit" | "stopped" | "trap" | "divergence" | "error";
+  /** "poweroff": a PowerOff control ended it (exit code 0; a recording has no End record). */
+  stop: "exit" | "stopped" | "poweroff" | "trap" | "divergence" | "error";
   exitCode: number;
   /** For trap, divergence and error: one line that says what happened. */
   message: string | null;
@@ -102,6 +123,8 @@ export type FromVcpu =
   /** Record: the vCPU has stopped for a stall (sent once per stall). */
   | { t: "stalled"; seq: number }
   | { t: "snapshot"; snapshot: VmSnapshot }
+  /** Record/live: the guest stopped running for a Pause control (true), or resumed (false). */
+  | { t: "paused"; paused: boolean }
   /**
    * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs
    * that were in flight. Records from here on continue at `seq`.

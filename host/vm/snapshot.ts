@@ -34,5 +34,7 @@ export interface VmSnapshot {
     conns: ConnSnapshot[];
     diskIos: DiskIoSnapshot[];
     nextDiskIoId: number;
+    /** The memory.grow limit if a MemoryMax control set it; absent in older snapshots. */
+    memoryPagesMax?: number;
   };
 }

@@ -14,11 +14,17 @@
 // Delivery points (docs/abi.md): checkpoints, idle (between export calls), `halt`, and the
 // unmasking `irq_mask(0)`. Idle, halt and unmask first advance icount by one, so that every
 // delivery point has a distinct count and a logged count names exactly one of them.
+//
+// Control entries (§3.3: power-off, pause, resource changes) are applied, and logged, at
+// checkpoints and idle points (halt's included) only, before any event there and whatever the
+// interrupt mask: they are the operator's, not the guest's. Replay applies them at the same
+// points.
 
 import { createHash, randomFillSync } from "node:crypto";
 import { receiveMessageOnPort } from "node:worker_threads";
 import * as loader from "@assemblyscript/loader";
 import {
+  ControlKind,
   EMPTY_BYTES,
   EventKind,
   InputKind,
@@ -28,8 +34,10 @@ import {
 } from "../../protocol/records.js";
 import { assert } from "../errors.js";
 import {
+  CONTROL_CPU_SHARE,
   CONTROL_MAIL,
   CONTROL_STALL,
+  CPU_SHARE_FULL,
   type VmMode,
   type DeviceEvent,
   type FromVcpu,
@@ -44,6 +52,7 @@ import {
   CONSOLE_WRITE_BYTES_MAX,
   DISK_IO_BLOCKS_MAX,
   DISK_IOS_MAX,
+  MEMORY_PAGES_LIMIT,
   RANDOM_FILL_BYTES_MAX,
   TX_WINDOW_BYTES,
 } from "./limits.js";
@@ -55,8 +64,12 @@ const SLICE_INSTRUCTIONS = 1n << 20n;
 const LOG_BATCH_RECORDS_MAX = 512;
 /** Events received from devices but not yet delivered. Past this the mailbox is left unread. */
 const PENDING_EVENTS_MAX = 4096;
+/** Control requests received but not yet applied. Past this the urgent mailbox is left unread. */
+const CONTROLS_PENDING_MAX = 64;
 /** Idle waits re-check the clock at least this often (a timer due, a stop request). */
 const IDLE_WAIT_MS_MAX = 1000;
+/** The longest sleep for a CPU share below 1, so that the vCPU never sits long unresponsive. */
+const THROTTLE_SLEEP_MS_MAX = 100;
 /** Replay reports consumed records this often so the feeder can send more. */
 const CONSUMED_REPORT_EVERY = 256;
 const NO_DEADLINE = 1n << 62n;
@@ -73,6 +86,11 @@ class Stop {
     readonly exitCode: number,
     readonly message: string | null,
   ) {}
+}
+
+interface ControlRequest {
+  kind: ControlKind;
+  value: number;
 }
 
 interface Conn {
@@ -111,7 +129,16 @@ export class Vcpu {
   private fuel!: WebAssembly.Global;
   private deadline = 0n;
   private mailSeen = 0;
+  /** A mailbox was left unread at its bound: read it again at the next poll, new mail or not. */
+  private mailUnread = false;
   private stopRequested = false;
+  private readonly controls: ControlRequest[] = [];
+  /** Between a Pause and a Resume control: no guest code runs (replay only notes it). */
+  private paused = false;
+  /** The limit for memory.grow, in pages: boot.memoryPagesMax until a MemoryMax control. */
+  private memoryPagesMax: number;
+  /** Record/live: when the guest last started running, for the CPU share. */
+  private sliceStartMs = performance.now();
 
   // Log state. `seq` counts records produced (record) or consumed (replay).
   private seq = 0;
@@ -149,6 +176,7 @@ export class Vcpu {
     this.boot = boot;
     this.mode = boot.mode;
     this.control = new Int32Array(boot.control);
+    this.memoryPagesMax = boot.memoryPagesMax;
     this.jitterState = (boot.jitterSeed ?? 0) | 1;
   }
 
@@ -156,6 +184,7 @@ export class Vcpu {
     let stop: Stop;
     try {
       this.instantiate();
+      this.sliceStartMs = performance.now();
       if (this.boot.restore) {
         this.applySnapshot(this.boot.restore);
       } else {
@@ -262,7 +291,7 @@ export class Vcpu {
 
   private checkpoint(): void {
     const icount = this.enterHost();
-    if (this.mode === "replay") this.replayStopCheck(icount);
+    if (this.mode === "replay") this.replayControlPoint(icount);
     if (this.mode === "replay") {
       if (!this.irqMasked) this.replayDeliver(icount);
     } else {
@@ -270,16 +299,20 @@ export class Vcpu {
       if (max !== null && icount >= max) throw this.stopHere("stopped");
       this.pollMail();
       if (this.stopRequested) throw this.stopHere("stopped");
+      this.applyControls(icount);
       this.timerCheck();
       if (!this.irqMasked) this.deliverPending(icount);
       this.flushLog();
+      this.throttle();
     }
     this.setDeadline(this.nextDeadline());
   }
 
   private deliverAtIdle(): void {
     const icount = this.enterHost();
-    if (this.mode === "replay") this.replayStopCheck(icount);
+    // Going live here (the log ended, perhaps right after controls at this point) takes the
+    // live branch below at this same count.
+    if (this.mode === "replay") this.replayControlPoint(icount);
     if (this.mode === "replay") {
       if (this.replayDeliver(icount) === 0) {
         if (!this.armed()) throw this.stopHere("exit");
@@ -291,6 +324,7 @@ export class Vcpu {
         if (this.stopRequested) throw this.stopHere("stopped");
         const max = this.boot.maxInstructions;
         if (max !== null && icount >= max) throw this.stopHere("stopped");
+        this.applyControls(icount);
         this.timerCheck();
         if (this.deliverPending(icount) > 0) break;
         if (!this.armed()) throw this.stopHere("exit");
@@ -298,6 +332,7 @@ export class Vcpu {
         this.waitForMail(this.idleWaitMs());
       }
       this.flushLog();
+      this.sliceStartMs = performance.now();
     }
     this.setDeadline(this.nextDeadline());
   }
@@ -367,6 +402,36 @@ export class Vcpu {
     }
   }
 
+  /**
+   * Replay, at a checkpoint or idle point: the end of the log or an End here, then the logged
+   * controls here, then again (an End, or the end of the log, can follow controls at one point).
+   */
+  private replayControlPoint(icount: bigint): void {
+    this.replayStopCheck(icount);
+    if (this.mode === "replay" && this.replayControls(icount) > 0) this.replayStopCheck(icount);
+  }
+
+  /** Replay: apply the logged controls at exactly this count; returns how many. */
+  private replayControls(icount: bigint): number {
+    let applied = 0;
+    for (;;) {
+      const record = this.peekRecord();
+      if (record === null || record.kind !== RecordKind.Control) return applied;
+      if (record.icount > icount) return applied;
+      if (record.icount < icount) throw this.divergence(icount, `a control at icount ${record.icount}`);
+      const kind = record.a as ControlKind;
+      const value = Number(record.value);
+      const valid =
+        kind === ControlKind.MemoryMax
+          ? value >= 1 && value <= MEMORY_PAGES_LIMIT
+          : kind === ControlKind.PowerOff || kind === ControlKind.Pause || kind === ControlKind.Resume;
+      if (!valid) throw this.divergence(icount, "a known control");
+      this.takeRecord();
+      applied++;
+      this.applyControl(kind, value);
+    }
+  }
+
   private replayStopCheck(icount: bigint): void {
     const until = this.boot.untilIcount;
     if (until !== null && icount >= until) throw this.stopHere("stopped");
@@ -381,6 +446,95 @@ export class Vcpu {
       this.takeRecord();
       throw this.stopHere(record.a === StopReason.Exit ? "exit" : "stopped", null, Number(record.value));
     }
+  }
+
+  /**
+   * Record/live: apply the control requests received, in order, at this delivery point. While
+   * paused the guest runs no code: mail is still read (events wait in `pending`), a stop
+   * request still stops it, and further controls apply here, at the same count.
+   */
+  private applyControls(icount: bigint): void {
+    this.takeControls(icount);
+    if (!this.paused) return;
+    this.flushLog();
+    this.post({ t: "paused", paused: true });
+    while (this.paused) {
+      this.waitForMail(IDLE_WAIT_MS_MAX);
+      this.pollMail();
+      if (this.stopRequested) throw this.stopHere("stopped");
+      this.takeControls(icount);
+    }
+    this.flushLog();
+    this.post({ t: "paused", paused: false });
+    this.sliceStartMs = performance.now();
+  }
+
+  /** Record/live: decide each requested control's effect, log it, apply it. */
+  private takeControls(icount: bigint): void {
+    while (this.controls.length > 0) {
+      const { kind, value } = this.controls.shift()!;
+      let applied = 0;
+      switch (kind) {
+        case ControlKind.PowerOff:
+          break;
+        // A Pause while paused, or a Resume while running, changes nothing: nothing to log.
+        case ControlKind.Pause:
+          if (this.paused) continue;
+          break;
+        case ControlKind.Resume:
+          if (!this.paused) continue;
+          break;
+        case ControlKind.MemoryMax: {
+          // Memory never shrinks: a limit below the current size means "no more growth". The
+          // effective limit is what is logged, so that a backup going live enforces the same.
+          if (!(value >= 1)) continue;
+          const pages = this.exports.memory.buffer.byteLength / 65536;
+          applied = Math.min(MEMORY_PAGES_LIMIT, Math.max(pages, value));
+          break;
+        }
+        default:
+          continue;
+      }
+      if (this.mode === "record") this.log(RecordKind.Control, icount, kind, 0, BigInt(applied));
+      this.applyControl(kind, applied);
+    }
+  }
+
+  /** What a control does, once decided (record/live) or read from the log (replay). */
+  private applyControl(kind: ControlKind, value: number): void {
+    switch (kind) {
+      case ControlKind.PowerOff:
+        throw this.stopHere("poweroff");
+      case ControlKind.Pause:
+        this.paused = true;
+        break;
+      case ControlKind.Resume:
+        this.paused = false;
+        break;
+      case ControlKind.MemoryMax:
+        this.memoryPagesMax = value;
+        break;
+    }
+  }
+
+  /**
+   * Record/live: after a slice, sleep so that the guest uses only its CPU share (§3.2: the
+   * primary slows down while its backup lags). Replay never throttles: it is the one behind.
+   */
+  private throttle(): void {
+    const share = Atomics.load(this.control, CONTROL_CPU_SHARE);
+    const nowMs = performance.now();
+    if (share < CPU_SHARE_FULL) {
+      const runMs = nowMs - this.sliceStartMs;
+      const wakeMs = nowMs + Math.min(THROTTLE_SLEEP_MS_MAX, (runMs * (CPU_SHARE_FULL - share)) / share);
+      // Mail wakes it; a stop or a control ends the sleep, to be answered at the next checkpoint.
+      for (let leftMs = wakeMs - nowMs; leftMs > 0; leftMs = wakeMs - performance.now()) {
+        this.waitForMail(leftMs);
+        this.pollMail();
+        if (this.stopRequested || this.controls.length > 0) break;
+      }
+    }
+    this.sliceStartMs = performance.now();
   }
 
   /** Whether an event still concerns the guest (a connection may have closed meanwhile). */
@@ -448,17 +602,33 @@ export class Vcpu {
 
   private pollMail(): void {
     const mail = Atomics.load(this.control, CONTROL_MAIL);
-    if (mail === this.mailSeen) return;
-    // Left unread past the limit: look again at the next poll even if no new mail comes.
-    this.mailSeen = this.drainMail() ? mail : mail - 1;
+    if (mail === this.mailSeen && !this.mailUnread) return;
+    this.mailSeen = mail;
+    // Left unread past a limit: look again at the next poll even if no new mail comes.
+    this.mailUnread = !this.drainMail();
   }
 
-  /** Reads the mailbox; false if it stopped at the limit on pending events. */
+  /** Reads both mailboxes; false if one stopped at its limit. */
   private drainMail(): boolean {
+    // The urgent one first and on its own: a queue full of events must not hide a stop or a
+    // Resume from a paused vCPU, which delivers no events until it resumes.
+    let drained = true;
+    for (;;) {
+      if (this.controls.length >= CONTROLS_PENDING_MAX) {
+        drained = false;
+        break;
+      }
+      const received = receiveMessageOnPort(this.boot.urgentPort);
+      if (received === undefined) break;
+      const message = received.message as ToVcpu;
+      if (message.t === "stop") this.stopRequested = true;
+      else if (message.t === "control") this.controls.push({ kind: message.kind, value: message.value });
+      else assert(false, `${message.t} on the urgent port`);
+    }
     for (;;) {
       if (this.pending.length >= PENDING_EVENTS_MAX) return false;
       const received = receiveMessageOnPort(this.boot.port);
-      if (received === undefined) return true;
+      if (received === undefined) return drained;
       const message = received.message as ToVcpu;
       switch (message.t) {
         case "event":
@@ -470,9 +640,8 @@ export class Vcpu {
         case "records_end":
           this.recordsEnded = true;
           break;
-        case "stop":
-          this.stopRequested = true;
-          break;
+        default:
+          assert(false, `${message.t} on the device port`);
       }
     }
   }
@@ -532,16 +701,16 @@ export class Vcpu {
   }
 
   /**
-   * The replay's next deadline: the count of the next logged event or end. With none received
-   * yet, the count of the last record received is a horizon it may run to: an event delivered
-   * at or before that count would have been logged before that record. Past the horizon it
-   * waits for more of the log (an empty buffer stalls the backup, §3.2).
+   * The replay's next deadline: the count of the next logged event, control or end. With none
+   * received yet, the count of the last record received is a horizon it may run to: an event
+   * delivered at or before that count would have been logged before that record. Past the
+   * horizon it waits for more of the log (an empty buffer stalls the backup, §3.2).
    */
   private nextAsyncIcount(): bigint {
     for (;;) {
       for (let i = this.queueHead; i < this.queue.length; i++) {
         const record = this.queue[i]!;
-        if (record.kind === RecordKind.Event) return record.icount;
+        if (record.kind === RecordKind.Event || record.kind === RecordKind.Control) return record.icount;
         if (record.kind === RecordKind.End) return record.a === StopReason.Trap ? NO_DEADLINE : record.icount;
       }
       if (this.recordsEnded) return NO_DEADLINE;
@@ -611,31 +780,48 @@ export class Vcpu {
     while (Atomics.load(this.control, CONTROL_STALL) !== 0) {
       Atomics.wait(this.control, CONTROL_STALL, 1, IDLE_WAIT_MS_MAX);
       this.pollMail();
-      if (this.stopRequested) return;
+      if (this.stopRequested) break;
     }
+    // Waiting is not running: the CPU share counts only the guest's own time.
+    this.sliceStartMs = performance.now();
   }
 
   private post(message: FromVcpu): void {
     this.outbox.postMessage(message);
   }
 
-  /** An output leaves only after the records before it; in replay it is dropped. */
+  /**
+   * An output leaves only after the records before it, its marker included; in replay it is
+   * dropped (console text is shown).
+   *
+   * Markers make each output happen exactly once across a failover. The FT primary releases
+   * an output once the backup holds every record before it, its marker included. A backup
+   * that consumes the marker in replay drops the output: the primary may have released it. A
+   * backup whose log ends before the marker goes live right here and emits the output itself:
+   * the primary cannot have released it.
+   */
   private output(out: Output): void {
     const icount = this.icount();
     if (this.mode === "replay") {
       const record = this.peekRecord();
-      if (record !== null && record.kind === RecordKind.Digest && record.icount === icount) {
-        this.takeRecord();
-        const digest = this.digest();
-        if (Buffer.compare(Buffer.from(record.data), Buffer.from(digest)) !== 0) {
-          throw this.divergence(icount, "the logged state digest at this output");
+      if (record === null && this.boot.goLiveAs !== null) {
+        this.endOfLog();
+      } else {
+        if (record !== null && record.kind === RecordKind.Digest && record.icount === icount) {
+          this.takeRecord();
+          // An empty Digest is a bare marker: nothing to compare.
+          if (record.data.length !== 0 && Buffer.compare(Buffer.from(record.data), Buffer.from(this.digest())) !== 0) {
+            throw this.divergence(icount, "the logged state digest at this output");
+          }
         }
+        if (out.o === "console") this.post({ t: "out", seq: this.seq, out });
+        return;
       }
-      if (out.o === "console") this.post({ t: "out", seq: this.seq, out });
-      return;
     }
     if (this.mode === "record" && this.boot.digestAtOutputs) {
       this.log(RecordKind.Digest, icount, 0, 0, 0n, this.digest());
+    } else if (this.mode === "record" && this.boot.markOutputs) {
+      this.log(RecordKind.Digest, icount, 0, 0, 0n, EMPTY_BYTES);
     }
     this.flushLog();
     this.post({ t: "out", seq: this.seq, out });
@@ -719,7 +905,7 @@ export class Vcpu {
     }
     let result = -1;
     const pages = memory.buffer.byteLength / 65536;
-    if (deltaPages >= 0 && pages + deltaPages <= this.boot.memoryPagesMax) {
+    if (deltaPages >= 0 && pages + deltaPages <= this.memoryPagesMax) {
       try {
         result = memory.grow(deltaPages);
       } catch {
@@ -833,9 +1019,11 @@ export class Vcpu {
     const bytes = this.guestBytes(ptr, count * BLOCK_BYTES);
     const id = this.nextDiskIoId++;
     const data = write ? bytes.slice() : null;
-    this.diskIos.set(id, { tag, ptr, count, write, block, data });
+    // A write is an output first: a backup going live at it (its marker not logged) issues it
+    // there, so it must not be among the in-flight IOs that going live re-issues.
     if (data !== null) this.output({ o: "disk_write", id, block, count, data });
     else if (this.mode !== "replay") this.post({ t: "out", seq: this.seq, out: { o: "disk_read", id, block, count } });
+    this.diskIos.set(id, { tag, ptr, count, write, block, data });
     return 0;
   }
 
@@ -854,7 +1042,7 @@ export class Vcpu {
   private classify(error: unknown): Stop {
     if (error instanceof WebAssembly.RuntimeError) {
       if (this.memoryGrowRefused) {
-        const limitMiB = (this.boot.memoryPagesMax * 65536) / (1024 * 1024);
+        const limitMiB = (this.memoryPagesMax * 65536) / (1024 * 1024);
         return new Stop("trap", 1, `guest ran out of memory (limit ${limitMiB} MiB, see --memory-mib) and trapped: ${error.message}`);
       }
       return new Stop("trap", 1, `guest trapped: ${error.message}`);
@@ -875,7 +1063,8 @@ export class Vcpu {
       icount = this.icount();
       digest = "sha256:" + Buffer.from(this.digest()).toString("hex");
     }
-    if (this.mode === "record") {
+    // A PowerOff control is the log's last record: nothing may follow it.
+    if (this.mode === "record" && stop.stop !== "poweroff") {
       const reason =
         stop.stop === "exit" ? StopReason.Exit : stop.stop === "stopped" ? StopReason.Stopped : StopReason.Trap;
       const message = stop.message === null ? EMPTY_BYTES : new TextEncoder().encode(stop.message);
@@ -942,6 +1131,7 @@ export class Vcpu {
         conns,
         diskIos,
         nextDiskIoId: this.nextDiskIoId,
+        memoryPagesMax: this.memoryPagesMax,
       },
     };
   }
@@ -969,6 +1159,7 @@ export class Vcpu {
       this.diskIos.set(io.id, { tag: io.tag, ptr: io.ptr, count: io.count, write: io.write, block: io.block, data: io.data });
     }
     this.nextDiskIoId = d.nextDiskIoId;
+    if (d.memoryPagesMax !== undefined) this.memoryPagesMax = d.memoryPagesMax;
     // The idle tick of the snapshot point was taken already; idleLoop takes the next one.
     this.fuel.value = snapshot.icount - 1n;
   }
