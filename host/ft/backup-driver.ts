@@ -4,29 +4,47 @@
 // generation, and go live. Going live ends the replay's log: the vCPU then continues with this
 // host's devices, exactly where the primary's log stops (§2.3).
 
-import type { WebSocketServer } from "ws";
+import type { WebSocket, WebSocketServer } from "ws";
 import type { LogRecord } from "../../protocol/records.js";
 import type { InstrumentedModule } from "../instrument/index.js";
-import { Machine, type MachineOptions, type ReplaySource } from "../vm/machine.js";
+import { Machine, type ReplaySource } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
-import { BackupCore } from "./backup.js";
+import { type BackupState, BackupCore } from "./backup.js";
 import { Channel, listenForChannels } from "./channel.js";
 import { TICK_MS } from "./config.js";
 import type { PrimaryToBackup } from "./messages.js";
+import type { DriverLog, VmDevices } from "./primary-driver.js";
 
 export interface BackupDriverOptions {
   vmId: string;
   hostId: string;
   module: InstrumentedModule;
   arbiter: Arbiter;
+  /** The pair's generation (default 1). */
+  generation?: number;
   token?: string;
-  /** Where the logging channel listens; loopback by default. */
+  /**
+   * Listen for the logging channel on a WebSocket server of its own (at host:port, loopback by
+   * default), or take connections only through `accept` (a host daemon routes them).
+   */
+  ownListener?: boolean;
   host?: string;
   port?: number;
-  devices?: Pick<MachineOptions, "listen" | "diskFile" | "diskBlocks" | "memoryPagesMax" | "onConsole" | "onListening">;
+  devices?: VmDevices;
   onLive?: (generation: number, icount: bigint) => void;
-  log?: (line: Record<string, unknown>) => void;
+  log?: DriverLog;
+}
+
+export interface BackupStatus {
+  role: "backup";
+  state: BackupState;
+  /** The generation of the pair; once live, the generation this VM now runs as. */
+  generation: number;
+  icount: bigint;
+  receivedSeq: bigint;
+  replayedSeq: bigint;
+  channelOpen: boolean;
 }
 
 /** Records in order for the replaying vCPU; `end()` once the log is complete (go-live). */
@@ -59,70 +77,55 @@ export class BackupDriver {
   readonly core: BackupCore;
   readonly machine: Machine;
   readonly done: Promise<VmResult>;
-  /** Resolves with the channel's port once it listens. */
+  /** Resolves with the channel's port once it listens (own listener only; else 0). */
   readonly listening: Promise<number>;
   private readonly feed = new RecordFeed();
   private channel: Channel | null = null;
   private server: WebSocketServer | null = null;
-  private live = false;
+  /** The vCPU has switched to live: what it outputs from here on is this VM's, not a replay's. */
+  private vcpuLive = false;
+  private liveGeneration: number | null = null;
+  private icount = 0n;
   private readonly ticker: NodeJS.Timeout;
-  private readonly log: (line: Record<string, unknown>) => void;
+  private lastTickMs = performance.now();
+  private readonly log: DriverLog;
 
   constructor(private readonly options: BackupDriverOptions) {
-    this.log = (line) => options.log?.({ vm: options.vmId, role: "backup", ...line });
-    this.core = new BackupCore({ vmId: options.vmId, generation: 1, hostId: options.hostId });
+    this.log = (line) =>
+      options.log?.({ vm: options.vmId, role: "backup", generation: this.liveGeneration ?? this.core.config.generation, ...line });
+    this.core = new BackupCore({ vmId: options.vmId, generation: options.generation ?? 1, hostId: options.hostId });
     const onConsole = options.devices?.onConsole;
     this.machine = new Machine({
       mode: "replay",
       goLiveAs: "live",
       module: options.module,
       ...options.devices,
-      // A backup's outputs are dropped (§2.2); once live they are its own.
+      // A backup's outputs are dropped (§2.2). The vCPU's messages arrive in order, so every
+      // output before its "live" message was replayed, even after the core decided to go live.
       onConsole: (text) => {
-        if (this.live) onConsole?.(text);
+        if (this.vcpuLive) onConsole?.(text);
       },
       replay: this.feed,
       onReplayProgress: (seq, icount) => {
+        this.icount = icount;
         this.core.replayed(BigInt(seq), icount);
         this.pump();
       },
-      onLive: () => undefined,
+      onLive: (icount) => {
+        this.vcpuLive = true;
+        this.icount = icount;
+      },
     });
-    this.listening = listenForChannels(options.host ?? "127.0.0.1", options.port ?? 0, (socket) => {
-      if (this.channel?.open || this.live) {
-        socket.close(1008, "this backup already has a primary");
-        return;
-      }
-      const channel: Channel = new Channel(
-        socket,
-        {
-          message: (message) => {
-            if (message.t === "hello" && this.options.token !== undefined && message.token !== this.options.token) {
-              channel.reject("wrong token");
-              return;
-            }
-            this.core.receive(message as PrimaryToBackup);
-            this.pump();
-          },
-          close: (reason) => {
-            this.log({ level: "info", msg: "logging channel down", reason });
-            if (this.channel === channel) this.core.channelDown();
-            this.pump();
-          },
-        },
-        (line) => this.log(line),
-      );
-      this.channel = channel;
-      this.core.channelUp();
-      this.pump();
-    }).then(({ server, port }) => {
-      this.server = server;
-      return port;
-    });
-    this.ticker = setInterval(() => {
-      this.core.tick();
-      this.pump();
-    }, TICK_MS);
+    this.listening =
+      options.ownListener === false
+        ? Promise.resolve(0)
+        : listenForChannels(options.host ?? "127.0.0.1", options.port ?? 0, (socket) => this.accept(socket)).then(
+            ({ server, port }) => {
+              this.server = server;
+              return port;
+            },
+          );
+    this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.done = this.machine.done.finally(() => {
       clearInterval(this.ticker);
       this.channel?.terminate();
@@ -130,16 +133,76 @@ export class BackupDriver {
     });
   }
 
+  /** A logging-channel connection from the primary. One at a time; none once live. */
+  accept(socket: WebSocket): void {
+    if (this.channel?.open || this.liveGeneration !== null) {
+      socket.close(1008, "this backup already has a primary");
+      return;
+    }
+    const channel: Channel = new Channel(
+      socket,
+      {
+        message: (message) => {
+          if (message.t === "hello" && this.options.token !== undefined && message.token !== this.options.token) {
+            channel.reject("wrong token");
+            return;
+          }
+          this.core.receive(message as PrimaryToBackup);
+          this.pump();
+        },
+        close: (reason) => {
+          this.log({ level: "info", msg: "logging channel down", reason });
+          if (this.channel === channel) this.core.channelDown();
+          this.pump();
+        },
+      },
+      (line) => this.log(line),
+    );
+    this.channel = channel;
+    this.core.channelUp();
+    this.pump();
+  }
+
   /** Stops the VM (a live backup, or one told to power off). */
   stop(): void {
     this.machine.stop();
+  }
+
+  status(): BackupStatus {
+    const position = this.core.position();
+    return {
+      role: "backup",
+      state: this.core.state,
+      generation: this.liveGeneration ?? this.core.config.generation,
+      icount: this.icount,
+      receivedSeq: position.receivedSeq,
+      replayedSeq: position.replayedSeq,
+      channelOpen: this.channel?.open ?? false,
+    };
+  }
+
+  private tick(): void {
+    const nowMs = performance.now();
+    const sinceMs = nowMs - this.lastTickMs;
+    this.lastTickMs = nowMs;
+    // Suspended for a whole timeout: the primary may have gone alone meanwhile. Settle it at the
+    // arbiter now rather than acking records that a live primary no longer waits for (§2.3).
+    if (sinceMs >= this.core.config.timeoutTicks * TICK_MS && this.core.state === "replaying") {
+      this.log({ level: "warn", msg: "this host was suspended past the timeout", event: "suspended", suspendedMs: Math.round(sinceMs) });
+      this.core.primaryLost();
+    }
+    this.core.tick();
+    this.pump();
   }
 
   private pump(): void {
     const ready = this.core.ready();
     this.feed.push(ready.deliver);
     for (const message of ready.messages) this.channel?.send(message);
-    if (ready.finishReplay) this.log({ level: "warn", msg: "primary lost: finishing replay" });
+    if (ready.finishReplay) {
+      this.log({ level: "warn", msg: "primary failure detected", event: "failureDetected", peer: "primary" });
+      this.channel?.terminate();
+    }
     if (ready.testAndSet) {
       void this.options.arbiter.testAndSet(ready.testAndSet).then((result) => {
         this.core.testAndSetResult(result);
@@ -148,16 +211,17 @@ export class BackupDriver {
     }
     for (const error of ready.errors) this.log({ level: "warn", msg: "protocol error", error });
     if (ready.goLive) {
-      this.log({ level: "warn", msg: "went live", newGeneration: ready.goLive.generation, icount: String(ready.goLive.icount) });
-      this.live = true;
+      this.liveGeneration = ready.goLive.generation;
+      this.log({ level: "warn", msg: "went live", event: "wentLive", icount: ready.goLive.icount });
       clearInterval(this.ticker);
       this.feed.end();
       this.options.onLive?.(ready.goLive.generation, ready.goLive.icount);
     }
     if (ready.halt) {
-      this.log({ level: "warn", msg: "halted", reason: ready.halt });
-      // A halted backup never goes live: its replay is of no further use.
-      this.machine.kill();
+      this.log({ level: "warn", msg: "halted", event: "halted", reason: ready.halt });
+      // A halted backup never goes live: its replay is of no further use. After a PowerOff or
+      // End record the vCPU stops there by itself, with the primary's result.
+      if (ready.halt !== "powerOff" && ready.halt !== "end") this.machine.kill();
     }
   }
 }

@@ -17,6 +17,9 @@ export interface ChannelEvents {
 /** One end of a channel, over an open (or opening) WebSocket. */
 export class Channel {
   private closed = false;
+  /** Encoded bytes sent and received on this connection: the logging bandwidth's figures. */
+  bytesSent = 0;
+  bytesReceived = 0;
 
   constructor(
     private readonly socket: WebSocket,
@@ -34,7 +37,10 @@ export class Channel {
   }
 
   send(message: ChannelMessage): void {
-    if (this.open) this.socket.send(encodeChannelMessage(message));
+    if (!this.open) return;
+    const frame = encodeChannelMessage(message);
+    this.bytesSent += frame.length;
+    this.socket.send(frame);
   }
 
   /** Drops the connection at once, as a dead host would. */
@@ -53,6 +59,7 @@ export class Channel {
     if (this.closed) return;
     if (!isBinary) return this.reject("text frame on the logging channel");
     const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as Buffer);
+    this.bytesReceived += bytes.length;
     let message: ChannelMessage;
     try {
       message = decodeChannelMessage(bytes);

@@ -371,6 +371,15 @@ export class PrimaryCore {
     if (this.stateNow === "paired") this.goingAlone();
   }
 
+  /**
+   * Lag control's limit in instructions (§3.2). The driver sets it from its measured rate so
+   * that the limit stays about a second of the primary's execution, whatever the guest does.
+   */
+  setLagIcountMax(limit: bigint): void {
+    assert(limit > 0n, "lagIcountMax > 0");
+    this.config.lagIcountMax = limit;
+  }
+
   testAndSetResult(result: TestAndSetResult): void {
     if (this.stateNow === "halted") return;
     assert(this.stateNow === "goingAlone", "testAndSetResult: only while going alone");
