@@ -19,6 +19,9 @@ const USAGE = `usage:
                   [--digest-outputs] [--jitter-seed N] [--disk FILE] [--disk-blocks N] [--memory-mib N]
   lockstep replay <guest> --log FILE [--until COUNT] [--console]
   lockstep inspect <log> [--json]
+  lockstep storage [--port PORT] [--dir DIR]          (lockstep storage --help)
+  lockstep host --storage URL [--id ID] [--port PORT] (lockstep host --help)
+  lockstep up [--guest NAME] [--hosts N]              (lockstep up --help)
 
 <guest> is an example's name (counter, cpu, kv, http) or a path to an AssemblyScript-built .wasm.
 record and replay end by printing {"icount":N,"digest":"sha256:<hex>","entries":N} on stdout.`;
@@ -82,6 +85,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case "storage":
       return (await import("../storage/cli.js")).storageCommand(rest);
+    case "host":
+      return (await import("./host-command.js")).hostCommand(rest);
+    case "up":
+      return (await import("./up-command.js")).upCommand(rest);
     case "help":
     case "--help":
     case "-h":
@@ -129,4 +136,14 @@ function count(text: string, flag: string): bigint {
   return BigInt(text);
 }
 
-exitWith(main(process.argv.slice(2)));
+// A daemon started by `lockstep up` stops when its parent's end of stdin closes, however the
+// parent died (host/cluster/child.ts).
+const run = main(process.argv.slice(2));
+if (process.env.LOCKSTEP_LIFELINE === "1") {
+  process.stdin.on("end", () => process.kill(process.pid, "SIGTERM"));
+  process.stdin.resume();
+  // Reading stdin keeps the process alive: let go of it once the command is done.
+  const letGo = () => process.stdin.destroy();
+  run.then(letGo, letGo);
+}
+exitWith(run);

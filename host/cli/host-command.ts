@@ -1,0 +1,76 @@
+// `lockstep host`: runs a host daemon (host/cluster/host-daemon.ts) until SIGINT or SIGTERM.
+//
+// stdout gets exactly one line once it serves: READY {"id":...,"pid":N,"url":"http://..."};
+// stderr gets the structured logs, one JSON object per line, each naming its VM and generation.
+
+import os from "node:os";
+import { parseArgs } from "node:util";
+import { HostDaemon } from "../cluster/host-daemon.js";
+import { LockstepError } from "../errors.js";
+import { createLogger } from "../log.js";
+import { StorageClient } from "../storage/client.js";
+import { STORAGE_TOKEN_ENV } from "../storage/cli.js";
+import { integer, logLevel, secret, untilSignal } from "./flags.js";
+
+/** The control API's and logging channels' token, read when --token is not given. */
+export const HOST_TOKEN_ENV = "LOCKSTEP_TOKEN";
+export const HOST_PORT_DEFAULT = 7430;
+
+export const HOST_USAGE = `usage:
+  lockstep host --storage URL [--id ID] [--bind HOST] [--port PORT] [--token TOKEN] [--log-level LEVEL]
+
+Runs VMs as primaries and backups; control API and logging channels on one HTTP port.
+  --storage  the storage server (ws://HOST:PORT, as its READY line says)
+  --id       this host's name, unique in the cluster (default: hostname-pid)
+  --bind     address to bind (default 127.0.0.1); any non-loopback address requires a token
+  --port     TCP port (default ${HOST_PORT_DEFAULT}; 0 picks a free one, printed in the READY line)
+  --token    secret for the control API and logging channels (default: $${HOST_TOKEN_ENV}, else none)
+  The storage server's token is read from $${STORAGE_TOKEN_ENV}.
+Prints READY {"id":...,"pid":...,"url":...} on stdout once serving; logs JSON lines on stderr.`;
+
+export async function hostCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    allowPositionals: false,
+    options: {
+      storage: { type: "string" },
+      id: { type: "string" },
+      bind: { type: "string", default: "127.0.0.1" },
+      port: { type: "string", default: String(HOST_PORT_DEFAULT) },
+      token: { type: "string" },
+      "log-level": { type: "string", default: "info" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(HOST_USAGE + "\n");
+    return 0;
+  }
+  if (values.storage === undefined) throw new LockstepError("USAGE", `--storage URL is required\n${HOST_USAGE}`);
+  const id = values.id ?? `${os.hostname()}-${process.pid}`;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(id)) throw new LockstepError("USAGE", `--id takes letters, digits, '.', '_' and '-', not "${id}"`);
+  const log = createLogger(logLevel(values["log-level"]));
+  const storage = await StorageClient.connect(values.storage, {
+    clientId: id,
+    token: secret(undefined, STORAGE_TOKEN_ENV, `$${STORAGE_TOKEN_ENV}`),
+  }).catch((error: Error) => {
+    throw new LockstepError("USAGE", `cannot reach the storage server at ${values.storage}: ${error.message}`);
+  });
+  storage.onState((state, reason) => log.warn("storage server", { state, reason, event: state === "ready" ? "storageUp" : "storageDown" }));
+  const daemon = await HostDaemon.start({
+    id,
+    bind: values.bind,
+    port: integer(values.port, "--port", 0, 65535),
+    token: secret(values.token, HOST_TOKEN_ENV, "--token"),
+    storage,
+    log,
+  });
+  process.stdout.write(`READY ${JSON.stringify({ id, pid: process.pid, url: daemon.url })}\n`);
+  log.info("host serving", { id, url: daemon.url });
+
+  const signal = await untilSignal();
+  log.info("signal received", { signal });
+  await daemon.close();
+  await storage.close();
+  return 0;
+}

@@ -1,0 +1,108 @@
+// `lockstep up`: the embedded demo cluster (host/cluster/embedded.ts) until Ctrl-C.
+//
+// stdout gets exactly one line once the guest runs under FT: READY {json} with every endpoint,
+// each host's id and pid, and where the guest's ports are. On a terminal, a few lines of
+// how-to follow it. stderr gets every daemon's JSON log lines, each with its host.
+
+import { parseArgs } from "node:util";
+import { EmbeddedCluster } from "../cluster/embedded.js";
+import { VM_NAME } from "../cluster/vm-spec.js";
+import { LockstepError } from "../errors.js";
+import { createLogger } from "../log.js";
+import { integer, logLevel, secret, untilSignal } from "./flags.js";
+import { HOST_TOKEN_ENV } from "./host-command.js";
+
+export const UP_PORT_DEFAULT = 7400;
+
+export const UP_USAGE = `usage:
+  lockstep up [--guest NAME] [--hosts N] [--vm NAME] [--port PORT] [--bind HOST] [--dir DIR]
+              [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--token TOKEN]
+
+Starts a storage server and N hosts (default 3) as child processes, runs the guest's primary
+and backup on two different hosts, and serves GET /api/status until Ctrl-C.
+  --guest       an example's name or a .wasm path (default kv)
+  --vm          the VM's name (default: the guest's name)
+  --port        status API port (default ${UP_PORT_DEFAULT}; 0 picks a free one); --bind (default 127.0.0.1)
+  --dir         keep disks and registers here (default: a temporary folder, removed at exit)
+  --guest-port  put the guest's virtual port VPORT on this TCP port (default: a free one)
+  --token       required by the status API when bound beyond loopback (default: $${HOST_TOKEN_ENV})`;
+
+export async function upCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    allowPositionals: false,
+    options: {
+      guest: { type: "string", default: "kv" },
+      vm: { type: "string" },
+      hosts: { type: "string", default: "3" },
+      port: { type: "string", default: String(UP_PORT_DEFAULT) },
+      bind: { type: "string", default: "127.0.0.1" },
+      dir: { type: "string" },
+      "guest-port": { type: "string", multiple: true, default: [] },
+      "disk-blocks": { type: "string", default: "4096" },
+      "memory-mib": { type: "string", default: "256" },
+      token: { type: "string" },
+      "log-level": { type: "string", default: "info" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(UP_USAGE + "\n");
+    return 0;
+  }
+  const vm = values.vm ?? values.guest.replace(/^.*\//, "").replace(/\.wasm$/, "").toLowerCase();
+  if (!VM_NAME.test(vm)) throw new LockstepError("USAGE", `--vm takes lowercase letters, digits and '-', not "${vm}"`);
+  const ports: Record<string, number> = {};
+  for (const mapping of values["guest-port"]) {
+    const match = /^(\d{1,5})=(\d{1,5})$/.exec(mapping);
+    if (match === null) throw new LockstepError("USAGE", `--guest-port takes VPORT=PORT, not "${mapping}"`);
+    ports[String(integer(match[1]!, "--guest-port VPORT", 1, 65535))] = integer(match[2]!, "--guest-port PORT", 0, 65535);
+  }
+  const cluster = new EmbeddedCluster({
+    guest: values.guest,
+    vm,
+    hosts: integer(values.hosts, "--hosts", 2, 16),
+    bind: values.bind,
+    port: integer(values.port, "--port", 0, 65535),
+    dir: values.dir ?? null,
+    diskBlocks: integer(values["disk-blocks"], "--disk-blocks", 1, 1 << 24),
+    memoryMib: integer(values["memory-mib"], "--memory-mib", 1, 4096),
+    ports,
+    token: secret(values.token, HOST_TOKEN_ENV, "--token"),
+    log: createLogger(logLevel(values["log-level"])),
+  });
+  // Ctrl-C while starting stops what has started.
+  const signal = untilSignal();
+  let ready: Record<string, unknown>;
+  try {
+    ready = await Promise.race([cluster.start(), signal.then(() => null)]) as Record<string, unknown>;
+  } catch (error) {
+    await cluster.stop();
+    throw error;
+  }
+  if (ready === null) {
+    await cluster.stop();
+    return 0;
+  }
+  process.stdout.write(`READY ${JSON.stringify(ready)}\n`);
+  if (process.stdout.isTTY) process.stdout.write(howTo(ready));
+  await signal;
+  await cluster.stop();
+  return 0;
+}
+
+function howTo(ready: Record<string, unknown>): string {
+  const vms = ready.vms as { vm: string; primary: string; backup: string; ports: Record<string, string> }[];
+  const lines = [`\nstatus: curl -s ${String(ready.status)}`];
+  for (const vm of vms) {
+    lines.push(`${vm.vm}: primary on ${vm.primary}, backup on ${vm.backup}`);
+    for (const [port, address] of Object.entries(vm.ports)) {
+      const [host, real] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
+      if (port === "6379") lines.push(`  redis-cli -h ${host} -p ${real} SET greeting hello`);
+      else if (port === "80") lines.push(`  curl http://${address}/`);
+      else lines.push(`  guest port ${port} at ${address}`);
+    }
+  }
+  lines.push("kill -9 the primary's host (pids in the READY line) and watch the backup take over. Ctrl-C stops everything.\n");
+  return lines.join("\n");
+}

@@ -1,0 +1,160 @@
+// `lockstep host`: a hypervisor daemon that runs any number of VMs, each as a primary or a
+// backup, on one HTTP port:
+//
+//   GET    /api/status              this host and each VM's figures (VmStatus)
+//   POST   /api/vms                 start a VM (VmSpec); a backup first, then its primary
+//   POST   /api/vms/:vm/control     power-off, pause, resume, memory-max (control entries, §3.3)
+//   DELETE /api/vms/:vm             stop the VM here and forget it
+//   WS     /channel/:vm?module=HEX  the logging channel of a backup VM on this host
+//
+// Loopback by default; any other bind address needs a token, which every API request carries
+// as `Authorization: Bearer <token>` and every logging channel in its hello. A bad request or
+// a bad peer gets an error answer and a log line; the daemon keeps running.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { WebSocketServer } from "ws";
+import { FRAME_BYTES_MAX } from "../../protocol/codec.js";
+import { LockstepError } from "../errors.js";
+import type { Logger } from "../log.js";
+import type { StorageClient } from "../storage/client.js";
+import { ApiError, checkToken, isLoopback, readJson, sendError, sendJson } from "./http.js";
+import { type HostContext, HostedVm, type VmStatus } from "./hosted-vm.js";
+import { ControlSchema, describeIssues, VM_NAME, VmSpecSchema } from "./vm-spec.js";
+
+/** VMs one host runs at most: each is a worker thread and its memory. */
+export const HOST_VMS_MAX = 64;
+
+export interface HostDaemonOptions {
+  id: string;
+  bind: string;
+  port: number;
+  token: string | null;
+  storage: StorageClient;
+  log: Logger;
+}
+
+export interface HostStatus {
+  id: string;
+  pid: number;
+  url: string;
+  storageReachable: boolean;
+  vms: VmStatus[];
+}
+
+export class HostDaemon {
+  private readonly vms = new Map<string, HostedVm>();
+  private readonly channels = new WebSocketServer({ noServer: true, maxPayload: 2 * FRAME_BYTES_MAX });
+  private readonly context: HostContext;
+
+  private constructor(
+    private readonly options: HostDaemonOptions,
+    private readonly server: Server,
+    readonly url: string,
+  ) {
+    this.context = { hostId: options.id, bind: options.bind, storage: options.storage, token: options.token, log: options.log };
+  }
+
+  static async start(options: HostDaemonOptions): Promise<HostDaemon> {
+    if (!isLoopback(options.bind) && options.token === null) {
+      throw new LockstepError("USAGE", `--bind ${options.bind} is not loopback: give a --token (or $LOCKSTEP_TOKEN)`);
+    }
+    const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (error) => reject(new LockstepError("USAGE", `cannot listen on ${options.bind}:${options.port}: ${error.message}`)));
+      server.listen(options.port, options.bind, resolve);
+    });
+    const address = server.address();
+    const port = typeof address === "object" && address !== null ? address.port : options.port;
+    const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
+    const daemon = new HostDaemon(options, server, `http://${host}:${port}`);
+    server.on("request", (req, res) => void daemon.handle(req, res));
+    server.on("upgrade", (req, socket, head) => daemon.upgrade(req, socket, head));
+    return daemon;
+  }
+
+  status(): HostStatus {
+    return {
+      id: this.options.id,
+      pid: process.pid,
+      url: this.url,
+      storageReachable: this.options.storage.reachable,
+      vms: [...this.vms.values()].map((vm) => vm.status()),
+    };
+  }
+
+  /** Stops every VM (no go-live follows from this host's side) and the server. */
+  async close(): Promise<void> {
+    await Promise.all([...this.vms.values()].map((vm) => vm.stop()));
+    for (const socket of this.channels.clients) socket.terminate();
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      checkToken(req, this.options.token);
+      const url = new URL(req.url ?? "/", "http://host");
+      const parts = url.pathname.split("/").filter((p) => p.length > 0);
+      if (req.method === "GET" && url.pathname === "/api/status") return sendJson(res, 200, this.status());
+      if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startVm(await readJson(req)));
+      if (parts.length >= 3 && parts[0] === "api" && parts[1] === "vms") {
+        const vm = this.vmNamed(parts[2]!);
+        if (req.method === "POST" && parts[3] === "control" && parts.length === 4) {
+          const parsed = ControlSchema.safeParse(await readJson(req));
+          if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+          if (!vm.running) throw new ApiError("CONFLICT", `${vm.spec.vm} is not running here`);
+          vm.control(parsed.data);
+          this.options.log.info("control", { vm: vm.spec.vm, action: parsed.data.action, value: parsed.data.value ?? null, event: "control" });
+          return sendJson(res, 202, { vm: vm.spec.vm, action: parsed.data.action });
+        }
+        if (req.method === "DELETE" && parts.length === 3) {
+          await vm.stop();
+          this.vms.delete(vm.spec.vm);
+          return sendJson(res, 200, { vm: vm.spec.vm, result: vm.status().result });
+        }
+      }
+      throw new ApiError("NOT_FOUND", `no route ${req.method} ${url.pathname}`);
+    } catch (error) {
+      if (!(error instanceof ApiError)) this.options.log.error("control API failure", { error: String(error) });
+      else if (error.code === "UNAUTHORIZED") this.options.log.warn("request rejected", { code: error.code, path: req.url });
+      sendError(res, error instanceof LockstepError ? new ApiError("BAD_REQUEST", `${error.message} (${error.code})`) : error);
+    }
+  }
+
+  private async startVm(body: unknown): Promise<VmStatus & { channelUrl: string | null }> {
+    const parsed = VmSpecSchema.safeParse(body);
+    if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+    const spec = parsed.data;
+    const existing = this.vms.get(spec.vm);
+    if (existing?.running) throw new ApiError("CONFLICT", `${spec.vm} already runs here as ${existing.spec.role}`);
+    if (this.vms.size >= HOST_VMS_MAX && existing === undefined) throw new ApiError("UNAVAILABLE", `this host runs ${HOST_VMS_MAX} VMs already`);
+    const vm = await HostedVm.start(spec, this.context);
+    this.vms.set(spec.vm, vm);
+    const channelUrl = spec.role === "backup" ? `${this.url.replace(/^http/, "ws")}/channel/${spec.vm}` : null;
+    return { ...vm.status(), channelUrl };
+  }
+
+  private vmNamed(name: string): HostedVm {
+    const vm = VM_NAME.test(name) ? this.vms.get(name) : undefined;
+    if (vm === undefined) throw new ApiError("NOT_FOUND", `no VM ${name} on this host`);
+    return vm;
+  }
+
+  /** A logging channel: routed to its backup VM once the module matches. */
+  private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const url = new URL(req.url ?? "/", "http://host");
+    const match = /^\/channel\/([^/]+)$/.exec(url.pathname);
+    const vm = match !== null && VM_NAME.test(match[1]!) ? this.vms.get(match[1]!) : undefined;
+    const refuse = (status: string, reason: string) => {
+      this.options.log.warn("logging channel refused", { vm: match?.[1] ?? null, reason, peer: req.socket.remoteAddress });
+      socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-type: text/plain\r\n\r\n${reason}\n`);
+    };
+    if (vm === undefined || !vm.running || vm.spec.role !== "backup") return refuse("404 Not Found", `no backup VM at ${url.pathname}`);
+    const module = url.searchParams.get("module");
+    if (module !== vm.moduleHash) {
+      return refuse("409 Conflict", `module ${module ?? "(none)"} is not this backup's ${vm.moduleHash}: primary and backup must run the same guest and Lockstep build`);
+    }
+    this.channels.handleUpgrade(req, socket, head, (ws) => vm.accept(ws));
+  }
+}

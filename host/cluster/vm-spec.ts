@@ -1,0 +1,51 @@
+// What a host is asked to run, as the control API receives it (POST /api/vms), and the
+// control actions it takes (POST /api/vms/:vm/control). Validated with zod: a bad request is
+// a 400 with the field that is wrong, never a crash.
+
+import { z } from "zod";
+
+/** VM names appear in URLs, logs and storage keys: keep them plain. */
+export const VM_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+export const VmSpecSchema = z
+  .object({
+    vm: z.string().regex(VM_NAME, "vm: lowercase letters, digits and '-', at most 63"),
+    /** An example's name or a path to a .wasm on the host. */
+    guest: z.string().min(1).max(4096),
+    role: z.enum(["primary", "backup"]),
+    /** The pair's generation: 1 for a new VM, one past the last settled one for a restarted VM. */
+    generation: z.number().int().min(1).max(2 ** 31).default(1),
+    /** Primary: the backup's logging-channel URL, as its host's status names it. */
+    backupUrl: z.string().url().startsWith("ws").optional(),
+    /** Blocks of 4 KiB on the storage server's shared disk; 0: no disk. */
+    diskBlocks: z.number().int().min(0).max(1 << 24).default(0),
+    memoryMib: z.number().int().min(1).max(4096).default(256),
+    /** Guest virtual port → real TCP port on this host (0 or absent: a free one). */
+    ports: z.record(z.string().regex(/^\d{1,5}$/), z.number().int().min(0).max(65535)).default({}),
+  })
+  .strict()
+  .refine((spec) => spec.role === "backup" || spec.backupUrl !== undefined, {
+    message: "a primary needs backupUrl: start the backup first, then name its channel",
+    path: ["backupUrl"],
+  });
+
+export type VmSpec = z.infer<typeof VmSpecSchema>;
+
+export const ControlSchema = z
+  .object({
+    action: z.enum(["power-off", "pause", "resume", "memory-max"]),
+    /** memory-max: the new limit in MiB. */
+    value: z.number().int().min(1).max(4096).optional(),
+  })
+  .strict()
+  .refine((control) => control.action !== "memory-max" || control.value !== undefined, {
+    message: "memory-max needs value (MiB)",
+    path: ["value"],
+  });
+
+export type ControlRequest = z.infer<typeof ControlSchema>;
+
+/** zod's issues as one line: "backupUrl: Invalid url; role: ...". */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues.map((issue) => `${issue.path.join(".") || "(body)"}: ${issue.message}`).join("; ");
+}
