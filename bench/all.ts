@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, one after the other, each printing ratios against a
 // baseline measured in this same process.
 import { formatResult, runMeteringBench } from "./metering.js";
+import { printClusterBench, runClusterBench } from "./cluster.js";
 import { printFtBench, runFtBench } from "./ft.js";
 import { printVmBench, runVmBench } from "./vm.js";
 
@@ -11,3 +12,6 @@ printVmBench(await runVmBench());
 
 console.log("\n== fault tolerance (primary and backup in one process, real WebSocket channel)");
 printFtBench(await runFtBench());
+
+console.log("\n== fault tolerance on the embedded cluster (lockstep up: real processes on loopback)");
+printClusterBench(await runClusterBench());

@@ -1,0 +1,187 @@
+// FT on the embedded cluster, real processes on loopback (`lockstep up`): logging bandwidth for
+// counter, cpu and kv under load, execution lag under load, what the Output Rule adds to an
+// output, kv throughput with FT against the same guest without it, and failover time from a
+// kill -9 of the primary's host to the backup live. Ratios are against baselines of this run.
+
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { UpProcess } from "../host/cluster/up-process.js";
+import { PROJECT_ROOT } from "../host/vm/guest.js";
+
+/** The default failure timeout (host/ft/config.ts): failover is reported as a multiple of it. */
+const TIMEOUT_MS = 1000;
+const FAILOVER_RUNS = 5;
+const STATUS_SAMPLE_MS = 100;
+
+export interface ClusterBenchResult {
+  counterLogBitsPerSecond: number;
+  cpuLogBitsPerSecond: number;
+  kvLogBitsPerSecond: number;
+  kvRequestsPerSecondFt: number;
+  kvRequestsPerSecondNonFt: number;
+  lagMsP50: number;
+  lagMsP99: number;
+  outputHoldMsP50: number;
+  outputHoldMsP99: number;
+  failoverMsP50: number;
+  failoverMsAll: number[];
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
+}
+
+interface PrimaryFigures {
+  logBytesSent: number;
+  lagMs: number;
+  outputHoldMsP50: number | null;
+  outputHoldMsP99: number | null;
+}
+
+async function primaryFigures(up: UpProcess): Promise<PrimaryFigures | null> {
+  const vm = (await up.status()).vms[0];
+  return (vm?.primary as unknown as PrimaryFigures | null | undefined) ?? null;
+}
+
+/** Samples the primary's figures every STATUS_SAMPLE_MS until `until` settles. */
+async function sampleWhile<T>(up: UpProcess, until: Promise<T>): Promise<{ value: T; samples: PrimaryFigures[]; seconds: number }> {
+  const samples: PrimaryFigures[] = [];
+  let done = false;
+  const started = performance.now();
+  const value = until.finally(() => (done = true));
+  while (!done) {
+    const figures = await primaryFigures(up);
+    if (figures !== null) samples.push(figures);
+    await Promise.race([value, new Promise((resolve) => setTimeout(resolve, STATUS_SAMPLE_MS))]);
+  }
+  const figures = await primaryFigures(up);
+  if (figures !== null) samples.push(figures);
+  return { value: await value, samples, seconds: (performance.now() - started) / 1000 };
+}
+
+function bitsPerSecond(samples: PrimaryFigures[], seconds: number): number {
+  if (samples.length < 2 || seconds <= 0) return 0;
+  return ((samples.at(-1)!.logBytesSent - samples[0]!.logBytesSent) * 8) / seconds;
+}
+
+/** redis-benchmark against `address`; resolves with requests per second over its tests. */
+function redisBenchmark(address: string, args: string[]): Promise<number> {
+  const port = address.slice(address.lastIndexOf(":") + 1);
+  return new Promise((resolve, reject) => {
+    const child = spawn("redis-benchmark", ["-p", port, "-q", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (c: Buffer) => (out += c.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      const rates = [...out.matchAll(/([\d.]+) requests per second/g)].map((m) => Number(m[1]));
+      if (code !== 0 || rates.length === 0) reject(new Error(`redis-benchmark failed (${code}): ${out}`));
+      else resolve(rates.reduce((a, b) => a + b, 0) / rates.length);
+    });
+  });
+}
+
+const KV_LOAD = ["-t", "set,get,incr", "-n", "30000", "-c", "16"];
+
+/** The same kv guest without FT: `lockstep run kv` with a local disk. */
+async function kvWithoutFt(): Promise<number> {
+  const disk = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-bench-")), "kv.img");
+  const args = ["run", "kv", "--listen", "6379=127.0.0.1:0", "--disk", disk];
+  const child = spawn(process.execPath, ["--no-liftoff", path.join(PROJECT_ROOT, "dist/host/cli/main.js"), ...args], {
+    cwd: PROJECT_ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  try {
+    const address = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: child.stderr }).on("line", (line) => {
+        const match = /listening on ([\d.]+:\d+)/.exec(line);
+        if (match) resolve(match[1]!);
+      });
+      child.once("exit", (code) => reject(new Error(`lockstep run kv exited (${code})`)));
+    });
+    return await redisBenchmark(address, KV_LOAD);
+  } finally {
+    child.kill("SIGINT");
+  }
+}
+
+async function withCluster<T>(args: string[], body: (up: UpProcess) => Promise<T>): Promise<T> {
+  const up = new UpProcess(args);
+  try {
+    await up.ready;
+    return await body(up);
+  } finally {
+    await up.stop();
+  }
+}
+
+export async function runClusterBench(): Promise<ClusterBenchResult> {
+  // counter: idle but for its 100 Hz timer, for 5 s.
+  const counter = await withCluster(["--guest", "counter"], async (up) => {
+    await up.until(() => (up.ticks().length >= 20 ? true : undefined), "ticks");
+    return sampleWhile(up, new Promise((resolve) => setTimeout(resolve, 5000)));
+  });
+
+  // cpu: compute-bound until it exits; its log is almost only timer-free checkpoints' worth.
+  const cpu = await withCluster(["--guest", "cpu"], async (up) =>
+    sampleWhile(up, up.event((l) => l.event === "stopped", "cpu finishing")),
+  );
+
+  // kv under redis-benchmark: the receive- and transmit-heavy case, and lag under load.
+  const kv = await withCluster(["--guest", "kv"], async (up) => {
+    const address = (await up.ready).vms[0]!.ports["6379"]!;
+    return sampleWhile(up, redisBenchmark(address, KV_LOAD));
+  });
+  const kvNonFt = await kvWithoutFt();
+
+  const failovers: number[] = [];
+  for (let i = 0; i < FAILOVER_RUNS; i++) {
+    failovers.push(
+      await withCluster(["--guest", "counter"], async (up) => {
+        const ready = await up.ready;
+        const vm = ready.vms[0]!;
+        await up.until(() => (up.ticks().length >= 20 ? true : undefined), "ticks");
+        const from = up.seen;
+        const killedAt = performance.now();
+        process.kill(ready.hosts.find((h) => h.id === vm.primary)!.pid, "SIGKILL");
+        await up.event((l) => l.event === "wentLive" && l.host === vm.backup, "go-live", from);
+        return performance.now() - killedAt;
+      }),
+    );
+  }
+
+  const lags = [...cpu.samples, ...kv.samples].map((s) => s.lagMs);
+  const last = kv.samples.at(-1);
+  return {
+    counterLogBitsPerSecond: bitsPerSecond(counter.samples, counter.seconds),
+    cpuLogBitsPerSecond: bitsPerSecond(cpu.samples, cpu.seconds),
+    kvLogBitsPerSecond: bitsPerSecond(kv.samples, kv.seconds),
+    kvRequestsPerSecondFt: kv.value,
+    kvRequestsPerSecondNonFt: kvNonFt,
+    lagMsP50: percentile(lags, 0.5),
+    lagMsP99: percentile(lags, 0.99),
+    outputHoldMsP50: last?.outputHoldMsP50 ?? NaN,
+    outputHoldMsP99: last?.outputHoldMsP99 ?? NaN,
+    failoverMsP50: percentile(failovers, 0.5),
+    failoverMsAll: failovers,
+  };
+}
+
+export function printClusterBench(r: ClusterBenchResult): void {
+  const mbit = (bits: number) => `${(bits / 1e6).toFixed(3)} Mbit/s`;
+  console.log(`logging bandwidth: counter ${mbit(r.counterLogBitsPerSecond)}, cpu ${mbit(r.cpuLogBitsPerSecond)}, kv under redis-benchmark ${mbit(r.kvLogBitsPerSecond)}`);
+  console.log(
+    `kv requests/s with FT / without FT: ${(r.kvRequestsPerSecondFt / r.kvRequestsPerSecondNonFt).toFixed(3)} (${Math.round(r.kvRequestsPerSecondFt)} / ${Math.round(r.kvRequestsPerSecondNonFt)})`,
+  );
+  console.log(`execution lag under load (cpu, kv): p50 ${r.lagMsP50.toFixed(1)} ms, p99 ${r.lagMsP99.toFixed(1)} ms`);
+  console.log(`Output Rule hold on kv outputs (last 1024): p50 ${r.outputHoldMsP50} ms, p99 ${r.outputHoldMsP99} ms`);
+  console.log(
+    `failover, kill -9 of the primary's host → backup live: p50 ${Math.round(r.failoverMsP50)} ms = ${(r.failoverMsP50 / TIMEOUT_MS).toFixed(2)} × the ${TIMEOUT_MS} ms timeout (runs: ${r.failoverMsAll.map(Math.round).join(", ")})`,
+  );
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) printClusterBench(await runClusterBench());
