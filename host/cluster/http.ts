@@ -3,9 +3,9 @@
 //
 // Every error answer has the shape {"error":{"code":"NOT_FOUND","message":"..."}}.
 
-import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { isIP } from "node:net";
+import { sameSecret } from "../secret.js";
 
 /** A control request is a few hundred bytes; anything past this is refused unread. */
 export const REQUEST_BYTES_MAX = 64 * 1024;
@@ -80,12 +80,6 @@ export function checkToken(req: IncomingMessage, token: string | null): void {
   const header = req.headers.authorization ?? "";
   const given = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
   if (!sameSecret(given, token)) throw new ApiError("UNAUTHORIZED", "missing or wrong token (Authorization: Bearer ...)");
-}
-
-export function sameSecret(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** Loopback addresses need no token; every other bind address does (security by default). */

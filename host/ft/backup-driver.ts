@@ -7,12 +7,13 @@
 import type { WebSocket, WebSocketServer } from "ws";
 import type { LogRecord } from "../../protocol/records.js";
 import type { InstrumentedModule } from "../instrument/index.js";
+import { sameSecret } from "../secret.js";
 import { Machine, type ReplaySource } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
 import { type BackupState, BackupCore } from "./backup.js";
 import { Channel, listenForChannels } from "./channel.js";
-import { TICK_MS } from "./config.js";
+import { TICK_MS, timeoutTicksFor } from "./config.js";
 import type { PrimaryToBackup } from "./messages.js";
 import type { DriverLog, VmDevices } from "./primary-driver.js";
 
@@ -23,6 +24,8 @@ export interface BackupDriverOptions {
   arbiter: Arbiter;
   /** The pair's generation (default 1). */
   generation?: number;
+  /** Silence after which the peer is declared failed (default 1000 ms; docs/ft-protocol.md). */
+  timeoutMs?: number;
   token?: string;
   /**
    * Listen for the logging channel on a WebSocket server of its own (at host:port, loopback by
@@ -93,7 +96,12 @@ export class BackupDriver {
   constructor(private readonly options: BackupDriverOptions) {
     this.log = (line) =>
       options.log?.({ vm: options.vmId, role: "backup", generation: this.liveGeneration ?? this.core.config.generation, ...line });
-    this.core = new BackupCore({ vmId: options.vmId, generation: options.generation ?? 1, hostId: options.hostId });
+    this.core = new BackupCore({
+      vmId: options.vmId,
+      generation: options.generation ?? 1,
+      hostId: options.hostId,
+      ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+    });
     const onConsole = options.devices?.onConsole;
     this.machine = new Machine({
       mode: "replay",
@@ -139,13 +147,17 @@ export class BackupDriver {
       socket.close(1008, "this backup already has a primary");
       return;
     }
+    // Nothing from a connection counts until its hello, which carries the token: a peer that
+    // skips it cannot feed records to the replay.
+    let greeted = false;
     const channel: Channel = new Channel(
       socket,
       {
         message: (message) => {
-          if (message.t === "hello" && this.options.token !== undefined && message.token !== this.options.token) {
-            channel.reject("wrong token");
-            return;
+          if (!greeted) {
+            if (message.t !== "hello") return channel.reject(`${message.t} before hello`);
+            if (this.options.token !== undefined && !sameSecret(message.token, this.options.token)) return channel.reject("wrong token");
+            greeted = true;
           }
           this.core.receive(message as PrimaryToBackup);
           this.pump();
@@ -225,3 +237,4 @@ export class BackupDriver {
     }
   }
 }
+

@@ -169,8 +169,14 @@ export class BackupCore {
       this.halt("superseded");
       return;
     }
-    // Stale; or this backup has declared the primary failed and takes nothing more from it.
-    if (message.generation < this.config.generation || this.stateNow !== "replaying") return;
+    if (message.generation < this.config.generation) {
+      // A primary of an earlier generation, which lost to a newer one: it must halt, not feed us.
+      // Only its hello is reported, so a stale peer costs one log line, not one per batch.
+      if (message.t === "hello") this.error("STALE_GENERATION", `hello from generation ${message.generation}`);
+      return;
+    }
+    // This backup has declared the primary failed and takes nothing more from it.
+    if (this.stateNow !== "replaying") return;
     switch (message.t) {
       case "hello":
         if (message.role !== "primary") {

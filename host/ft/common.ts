@@ -7,7 +7,7 @@ export type HaltReason = "powerOff" | "end" | "lostTestAndSet" | "superseded" | 
 
 /** A handled operating error: a peer sent something this core cannot use. It was dropped. */
 export interface ProtocolError {
-  code: "WRONG_VM" | "WRONG_ROLE" | "BAD_BATCH" | "BAD_ACK";
+  code: "WRONG_VM" | "WRONG_ROLE" | "BAD_BATCH" | "BAD_ACK" | "STALE_GENERATION";
   detail: string;
 }
 
