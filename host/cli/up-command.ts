@@ -11,12 +11,14 @@ import { LockstepError } from "../errors.js";
 import { createLogger } from "../log.js";
 import { integer, logLevel, secret, untilSignal } from "./flags.js";
 import { HOST_TOKEN_ENV } from "./host-command.js";
+import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 
 export const UP_PORT_DEFAULT = 7400;
 
 export const UP_USAGE = `usage:
   lockstep up [--guest NAME] [--hosts N] [--vm NAME] [--port PORT] [--bind HOST] [--dir DIR]
-              [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--token TOKEN]
+              [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--timeout-ms MS]
+              [--token TOKEN]
 
 Starts a storage server and N hosts (default 3) as child processes, runs the guest's primary
 and backup on two different hosts, and serves GET /api/status until Ctrl-C.
@@ -25,6 +27,7 @@ and backup on two different hosts, and serves GET /api/status until Ctrl-C.
   --port        status API port (default ${UP_PORT_DEFAULT}; 0 picks a free one); --bind (default 127.0.0.1)
   --dir         keep disks and registers here (default: a temporary folder, removed at exit)
   --guest-port  put the guest's virtual port VPORT on this TCP port (default: a free one)
+  --timeout-ms  declare a silent primary or backup failed after this long (default 1000)
   --token       required by the status API when bound beyond loopback (default: $${HOST_TOKEN_ENV})`;
 
 export async function upCommand(args: string[]): Promise<number> {
@@ -41,6 +44,7 @@ export async function upCommand(args: string[]): Promise<number> {
       "guest-port": { type: "string", multiple: true, default: [] },
       "disk-blocks": { type: "string", default: "4096" },
       "memory-mib": { type: "string", default: "256" },
+      "timeout-ms": { type: "string", default: "1000" },
       token: { type: "string" },
       "log-level": { type: "string", default: "info" },
       help: { type: "boolean", short: "h", default: false },
@@ -67,6 +71,7 @@ export async function upCommand(args: string[]): Promise<number> {
     dir: values.dir ?? null,
     diskBlocks: integer(values["disk-blocks"], "--disk-blocks", 1, 1 << 24),
     memoryMib: integer(values["memory-mib"], "--memory-mib", 1, 4096),
+    timeoutMs: integer(values["timeout-ms"], "--timeout-ms", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
     ports,
     token: secret(values.token, HOST_TOKEN_ENV, "--token"),
     log: createLogger(logLevel(values["log-level"])),

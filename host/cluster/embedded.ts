@@ -42,6 +42,8 @@ export interface ClusterOptions {
   dir: string | null;
   diskBlocks: number;
   memoryMib: number;
+  /** The pair's failure timeout. */
+  timeoutMs: number;
   /** Guest virtual port → TCP port of the primary (0: a free one). */
   ports: Record<string, number>;
   token: string | null;
@@ -122,6 +124,7 @@ export class EmbeddedCluster {
       generation,
       diskBlocks: guest.usesDisk ? this.options.diskBlocks : 0,
       memoryMib: this.options.memoryMib,
+      timeoutMs: this.options.timeoutMs,
     };
     const backup = (await this.callHost(backupHost, "POST", "/api/vms", { ...spec, role: "backup" })) as { channelUrl: string };
     const eventsBeforePrimary = this.eventsDropped + this.events.length;

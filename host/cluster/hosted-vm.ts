@@ -98,6 +98,7 @@ export class HostedVm {
       vmId: spec.vm,
       hostId: context.hostId,
       generation: spec.generation,
+      timeoutMs: spec.timeoutMs,
       module: guest.module,
       arbiter: storageArbiter(context.storage),
       token: context.token ?? undefined,

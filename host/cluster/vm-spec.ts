@@ -3,6 +3,7 @@
 // a 400 with the field that is wrong, never a crash.
 
 import { z } from "zod";
+import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 
 /** VM names appear in URLs, logs and storage keys: keep them plain. */
 export const VM_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -20,6 +21,8 @@ export const VmSpecSchema = z
     /** Blocks of 4 KiB on the storage server's shared disk; 0: no disk. */
     diskBlocks: z.number().int().min(0).max(1 << 24).default(0),
     memoryMib: z.number().int().min(1).max(4096).default(256),
+    /** Failure timeout (docs/ft-protocol.md); primary and backup should agree on it. */
+    timeoutMs: z.number().int().min(TIMEOUT_MS_MIN).max(TIMEOUT_MS_MAX).default(1000),
     /** Guest virtual port → real TCP port on this host (0 or absent: a free one). */
     ports: z.record(z.string().regex(/^\d{1,5}$/), z.number().int().min(0).max(65535)).default({}),
   })

@@ -10,6 +10,16 @@ import { assert } from "../errors.js";
 /** The tick the defaults below assume. The core never reads it; the driver does. */
 export const TICK_MS = 10;
 
+/** The failure timeout a user may choose: under 200 ms a GC pause fires it; over 60 s it is an outage. */
+export const TIMEOUT_MS_MIN = 200;
+export const TIMEOUT_MS_MAX = 60_000;
+
+/** A failure timeout in ms as the cores count it: whole ticks. */
+export function timeoutTicksFor(timeoutMs: number): number {
+  assert(Number.isInteger(timeoutMs) && timeoutMs >= TIMEOUT_MS_MIN && timeoutMs <= TIMEOUT_MS_MAX, `timeout ${timeoutMs} ms out of range`);
+  return Math.ceil(timeoutMs / TICK_MS);
+}
+
 /** Settings common to both cores. */
 export interface CoreConfig {
   vmId: string;

@@ -8,7 +8,7 @@ import { Machine, type MachineOptions } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
 import { Channel, connectChannel } from "./channel.js";
-import { TICK_MS } from "./config.js";
+import { TICK_MS, timeoutTicksFor } from "./config.js";
 import { LagClock } from "./lag-clock.js";
 import type { BackupToPrimary } from "./messages.js";
 import { PrimaryCore, type PrimaryState } from "./primary.js";
@@ -38,6 +38,8 @@ export interface PrimaryDriverOptions {
   arbiter: Arbiter;
   /** The pair's generation (default 1). */
   generation?: number;
+  /** Silence after which the peer is declared failed (default 1000 ms; docs/ft-protocol.md). */
+  timeoutMs?: number;
   token?: string;
   /** The guest's devices: listen addresses, disk, console. */
   devices?: VmDevices;
@@ -93,7 +95,12 @@ export class PrimaryDriver {
 
   constructor(private readonly options: PrimaryDriverOptions) {
     this.log = (line) => options.log?.({ vm: options.vmId, role: "primary", generation: this.core.generation, ...line });
-    this.core = new PrimaryCore({ vmId: options.vmId, generation: options.generation ?? 1, hostId: options.hostId });
+    this.core = new PrimaryCore({
+      vmId: options.vmId,
+      generation: options.generation ?? 1,
+      hostId: options.hostId,
+      ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+    });
     this.machine = new Machine({
       mode: "record",
       module: options.module,
