@@ -7,6 +7,7 @@
 
 import net from "node:net";
 import { EventKind } from "../../protocol/records.js";
+import type { NicDevice } from "../vm/machine.js";
 import type { DeviceEvent } from "../vm/messages.js";
 import { CONNECTIONS_MAX, RX_BUFFER_BYTES_MAX, TX_WINDOW_BYTES } from "../vm/limits.js";
 
@@ -31,7 +32,9 @@ interface Connection {
   closedReported: boolean;
 }
 
-export class TcpNic {
+export class TcpNic implements NicDevice {
+  /** Local sockets die with this host: a backup going live starts without connections. */
+  readonly streams = false;
   private readonly servers = new Map<number, net.Server>();
   private readonly connections = new Map<number, Connection>();
   private nextConnId = 1;
@@ -103,7 +106,7 @@ export class TcpNic {
     }
   }
 
-  send(connId: number, data: Uint8Array): void {
+  send(connId: number, _offset: number, data: Uint8Array): void {
     const connection = this.connections.get(connId);
     if (connection === undefined || connection.socket.destroyed) return;
     connection.txOutstanding += data.length;
@@ -118,6 +121,10 @@ export class TcpNic {
       }
     });
   }
+
+  rxAck(): void {}
+
+  goLive(): void {}
 
   close(connId: number): void {
     const connection = this.connections.get(connId);

@@ -20,6 +20,7 @@ import {
   type DeviceEvent,
   type FromVcpu,
   type Output,
+  type StreamPosition,
   type ToVcpu,
   type VcpuBoot,
   type VmMode,
@@ -59,6 +60,25 @@ export interface DiskDevice {
 
 type Deliver = (event: DeviceEvent) => void;
 
+/** The virtual NIC's main-thread half: TcpNic (local sockets) or SwitchNic (a switch's streams). */
+export interface NicDevice {
+  /** Connections are streams that outlive this host (VcpuBoot.streamNic). */
+  readonly streams: boolean;
+  listen(virtualPort: number): void;
+  /** The guest read `bytes` of conn's receive buffer: flow control, not an output. */
+  rxConsumed(conn: number, bytes: number): void;
+  send(conn: number, offset: number, data: Uint8Array): void;
+  close(conn: number, offset: number): void;
+  /** Client bytes below `offset` are safe in the log (stream NICs only). */
+  rxAck(conn: number, offset: number): void;
+  /** A backup went live here: take over these streams (stream NICs only). */
+  goLive(streams: StreamPosition[]): void;
+  shutdown(): Promise<void>;
+}
+
+/** Makes the NIC, given where its events go. Called once, when the VM can reach the network. */
+export type NicFactory = (deliver: Deliver) => NicDevice;
+
 /**
  * Makes the disk, given where its completions go (DiskDone events, as FileDisk sends them).
  * The Machine calls it once, in its constructor, in every mode, and from then on owns the
@@ -97,6 +117,8 @@ export interface MachineOptions {
   diskBlocks?: number;
   memoryPagesMax?: number;
   listen?: (virtualPort: number) => ListenAddress;
+  /** Instead of local sockets at `listen`: this NIC (a switch link). */
+  nic?: NicFactory;
   maxInstructions?: bigint | null;
   untilIcount?: bigint | null;
   digestAtOutputs?: boolean;
@@ -133,7 +155,7 @@ export class Machine {
   private readonly port: MessagePort;
   private readonly urgentPort: MessagePort;
   private readonly slots: Int32Array;
-  private readonly nic: TcpNic | null = null;
+  private readonly nic: NicDevice | null = null;
   private readonly disk: DiskDevice | null = null;
   private replaySent = 0;
   private replayConsumed = 0;
@@ -147,12 +169,14 @@ export class Machine {
     const deliver = (event: DeviceEvent) => this.send({ t: "event", event });
     if (options.disk) this.disk = options.disk(deliver);
     if (options.mode !== "replay" || options.goLiveAs) {
-      this.nic = new TcpNic(
-        options.listen ?? ((port) => ({ host: "127.0.0.1", port })),
-        deliver,
-        (port, address) => options.onListening?.(port, address),
-        (message) => options.onDeviceError?.(message),
-      );
+      this.nic =
+        options.nic?.(deliver) ??
+        new TcpNic(
+          options.listen ?? ((port) => ({ host: "127.0.0.1", port })),
+          deliver,
+          (port, address) => options.onListening?.(port, address),
+          (message) => options.onDeviceError?.(message),
+        );
       if (options.diskFile) this.disk = FileDisk.open(options.diskFile, options.diskBlocks ?? 0, deliver);
     }
     const shared = new SharedArrayBuffer(CONTROL_SLOTS * Int32Array.BYTES_PER_ELEMENT);
@@ -175,6 +199,7 @@ export class Machine {
       jitterSeed: options.jitterSeed ?? null,
       snapshotAtIdle: options.snapshotAtIdle ?? null,
       goLiveAs: options.goLiveAs ?? null,
+      streamNic: this.nic?.streams ?? false,
       restore: options.restore ?? null,
       control: shared,
       port: channel.port2,
@@ -278,6 +303,7 @@ export class Machine {
         this.options.onPaused?.(message.paused);
         break;
       case "live":
+        this.nic?.goLive(message.streams);
         for (const port of message.listening) this.nic?.listen(port);
         for (const io of message.diskIos) {
           if (io.data === null) this.disk?.read(io.id, io.block, io.count);
@@ -297,10 +323,13 @@ export class Machine {
         this.nic?.listen(out.port);
         break;
       case "nic_send":
-        this.nic?.send(out.conn, out.data);
+        this.nic?.send(out.conn, out.offset, out.data);
         break;
       case "nic_close":
-        this.nic?.close(out.conn);
+        this.nic?.close(out.conn, out.offset);
+        break;
+      case "nic_rx_ack":
+        this.nic?.rxAck(out.conn, out.offset);
         break;
       case "disk_read":
         this.disk?.read(out.id, out.block, out.count);

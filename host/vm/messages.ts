@@ -48,6 +48,13 @@ export interface VcpuBoot {
   jitterSeed: number | null;
   /** Replay: at the end of the log, go on as this mode instead of stopping (a backup going live). */
   goLiveAs: "live" | "record" | null;
+  /**
+   * The NIC is a switch link (docs/switch.md), not local sockets: connections are streams that
+   * outlive this host, so they stay open when a backup goes live; each received chunk, once
+   * logged, is acknowledged to the switch by a `nic_rx_ack` output (held under the Output Rule
+   * like any output, and never marked: a repeated ack is harmless); sends carry their offset.
+   */
+  streamNic: boolean;
   /** Take a snapshot at the first idle point at or past this count (then go on). */
   snapshotAtIdle: bigint | null;
   /** Start from this snapshot instead of booting the guest. */
@@ -93,8 +100,12 @@ export type ToVcpu =
 export type Output =
   | { o: "console"; text: Uint8Array }
   | { o: "nic_listen"; port: number }
-  | { o: "nic_send"; conn: number; data: Uint8Array }
-  | { o: "nic_close"; conn: number }
+  /** `offset`: the stream offset of data's first byte (bytes the guest sent before on conn). */
+  | { o: "nic_send"; conn: number; offset: number; data: Uint8Array }
+  /** `offset`: every byte the guest sent on conn. */
+  | { o: "nic_close"; conn: number; offset: number }
+  /** streamNic: the client bytes below `offset` are logged (once released: safe at the backup). */
+  | { o: "nic_rx_ack"; conn: number; offset: number }
   | { o: "disk_read"; id: number; block: number; count: number }
   | { o: "disk_write"; id: number; block: number; count: number; data: Uint8Array };
 
@@ -129,5 +140,19 @@ export type FromVcpu =
    * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs
    * that were in flight. Records from here on continue at `seq`.
    */
-  | { t: "live"; icount: bigint; seq: number; listening: number[]; diskIos: DiskIoSnapshot[] }
+  | { t: "live"; icount: bigint; seq: number; listening: number[]; diskIos: DiskIoSnapshot[]; streams: StreamPosition[] }
   | { t: "done"; result: VmResult };
+
+/**
+ * Where a connection stands, in bytes since it opened: what a stream NIC tells the switch when
+ * a backup goes live. Derived from the log alone, so primary and backup agree on it.
+ */
+export interface StreamPosition {
+  conn: number;
+  /** Client bytes delivered to the guest. */
+  rx: number;
+  /** Bytes the guest sent. */
+  tx: number;
+  /** Transmit credit delivered to the guest. */
+  credit: number;
+}

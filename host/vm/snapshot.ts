@@ -7,6 +7,10 @@ export interface ConnSnapshot {
   rx: Uint8Array;
   peerClosed: boolean;
   txWindow: number;
+  /** Stream offsets (StreamPosition); absent in older snapshots, which had no stream NIC. */
+  rxTotal?: number;
+  txTotal?: number;
+  creditTotal?: number;
 }
 
 export interface DiskIoSnapshot {

@@ -98,6 +98,10 @@ interface Conn {
   rxBytes: number;
   peerClosed: boolean;
   txWindow: number;
+  /** Offsets of the stream since it opened (StreamPosition): bytes in, bytes out, credit in. */
+  rxTotal: number;
+  txTotal: number;
+  creditTotal: number;
 }
 
 interface DiskIo {
@@ -364,6 +368,7 @@ export class Vcpu {
   /** Record/live: deliver pending events in arrival order; returns how many were taken. */
   private deliverPending(icount: bigint): number {
     let delivered = 0;
+    let rxAcks: Set<number> | null = null;
     while (this.pending.length > 0) {
       const event = this.pending[0]!;
       if (!this.deliverable(event)) {
@@ -376,8 +381,23 @@ export class Vcpu {
       if (this.mode === "record") {
         this.log(RecordKind.Event, icount, event.kind, event.arg, BigInt(event.value), event.data);
       }
+      if (this.boot.streamNic && event.kind === EventKind.NicData) (rxAcks ??= new Set()).add(event.arg);
     }
+    if (rxAcks !== null) this.ackReceived(rxAcks);
     return delivered;
+  }
+
+  /**
+   * streamNic: tell the switch how far each stream's client bytes are logged. An output, so it
+   * leaves only once the backup holds the records (the switch then forgets the bytes), but not
+   * a marked one: an ack that a new primary repeats changes nothing at the switch.
+   */
+  private ackReceived(conns: Set<number>): void {
+    this.flushLog();
+    for (const id of conns) {
+      const conn = this.conns.get(id);
+      if (conn !== undefined) this.post({ t: "out", seq: this.seq, out: { o: "nic_rx_ack", conn: id, offset: conn.rxTotal } });
+    }
   }
 
   /** Replay: deliver the logged events at exactly this count; returns how many. */
@@ -563,13 +583,14 @@ export class Vcpu {
     if (irq !== undefined && irq(event.kind, irqA, irqB) === 0) return false;
     switch (event.kind) {
       case EventKind.NicAccept:
-        this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES });
+        this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES, rxTotal: 0, txTotal: 0, creditTotal: 0 });
         break;
       case EventKind.NicData: {
         const conn = this.conns.get(event.arg)!;
         const data = event.data ?? EMPTY_BYTES;
         conn.rx.push(data);
         conn.rxBytes += data.length;
+        conn.rxTotal += data.length;
         break;
       }
       case EventKind.NicClosed:
@@ -578,6 +599,7 @@ export class Vcpu {
       case EventKind.NicTxCredit: {
         const conn = this.conns.get(event.arg)!;
         conn.txWindow = Math.min(TX_WINDOW_BYTES, conn.txWindow + event.value);
+        conn.creditTotal += event.value;
         break;
       }
       case EventKind.DiskDone: {
@@ -734,10 +756,16 @@ export class Vcpu {
     this.mode = target;
     this.monotonicBaseNs = process.hrtime.bigint() - this.monotonicLastNs;
     this.timerDueMs = performance.now() + this.timerPeriodMs;
-    // The connections' sockets were on the failed host: their clients are gone.
-    for (const id of this.conns.keys()) this.pending.push({ kind: EventKind.NicClosed, arg: id, value: 0 });
+    // Local sockets were on the failed host: their clients are gone. Streams of a switch live
+    // on: the switch carries them over to this VM from the positions it is told.
+    if (!this.boot.streamNic) {
+      for (const id of this.conns.keys()) this.pending.push({ kind: EventKind.NicClosed, arg: id, value: 0 });
+    }
     const diskIos = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
-    this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos });
+    const streams = this.boot.streamNic
+      ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal }))
+      : [];
+    this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos, streams });
   }
 
   /** The logged value of this input in replay; null when live (or just gone live). */
@@ -1001,13 +1029,17 @@ export class Vcpu {
     const n = Math.min(len, conn.txWindow);
     if (n === 0) return 0;
     conn.txWindow -= n;
-    this.output({ o: "nic_send", conn: connId, data: this.guestBytes(ptr, n).slice() });
+    const offset = conn.txTotal;
+    conn.txTotal += n;
+    this.output({ o: "nic_send", conn: connId, offset, data: this.guestBytes(ptr, n).slice() });
     return n;
   }
 
   private nicClose(connId: number): void {
-    if (!this.conns.delete(connId)) return;
-    this.output({ o: "nic_close", conn: connId });
+    const conn = this.conns.get(connId);
+    if (conn === undefined) return;
+    this.conns.delete(connId);
+    this.output({ o: "nic_close", conn: connId, offset: conn.txTotal });
   }
 
   private diskSubmit(write: boolean, block: number, count: number, ptr: number, tag: number): number {
@@ -1117,6 +1149,9 @@ export class Vcpu {
       rx: Buffer.concat(c.rx),
       peerClosed: c.peerClosed,
       txWindow: c.txWindow,
+      rxTotal: c.rxTotal,
+      txTotal: c.txTotal,
+      creditTotal: c.creditTotal,
     }));
     const diskIos: DiskIoSnapshot[] = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
     return {
@@ -1153,7 +1188,15 @@ export class Vcpu {
     this.irqMasked = d.irqMasked;
     for (const port of d.listening) this.listening.add(port);
     for (const c of d.conns) {
-      this.conns.set(c.id, { rx: c.rx.length > 0 ? [c.rx] : [], rxBytes: c.rx.length, peerClosed: c.peerClosed, txWindow: c.txWindow });
+      this.conns.set(c.id, {
+        rx: c.rx.length > 0 ? [c.rx] : [],
+        rxBytes: c.rx.length,
+        peerClosed: c.peerClosed,
+        txWindow: c.txWindow,
+        rxTotal: c.rxTotal ?? 0,
+        txTotal: c.txTotal ?? 0,
+        creditTotal: c.creditTotal ?? 0,
+      });
     }
     for (const io of d.diskIos) {
       this.diskIos.set(io.id, { tag: io.tag, ptr: io.ptr, count: io.count, write: io.write, block: io.block, data: io.data });
