@@ -16,6 +16,9 @@ export interface Ready {
   status: string;
   pid: number;
   storage: { url: string; pid: number };
+  /** Present unless --no-switch: the switch and its client-facing services (name → address). */
+  switch?: { url: string; pid: number };
+  services?: Record<string, string>;
   hosts: { id: string; pid: number; url: string }[];
   vms: { vm: string; guest: string; generation: number; primary: string; backup: string; ports: Record<string, string> }[];
 }
@@ -46,8 +49,13 @@ export class UpProcess {
   private dropped = 0;
   private readonly waiters = new Set<() => void>();
 
-  constructor(args: string[]) {
-    this.child = spawn(process.execPath, [CLI, "up", "--port", "0", ...args], { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  /** `env`: added to this process's environment (e.g. LOCKSTEP_FAILPOINTS for every host). */
+  constructor(args: string[], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [CLI, "up", "--port", "0", ...args], {
+      cwd: PROJECT_ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...env },
+    });
     this.exited = new Promise((resolve) => this.child.once("exit", (code, signal) => resolve({ code, signal })));
     this.ready = new Promise((resolve, reject) => {
       let stdout = "";

@@ -3,6 +3,7 @@
 // generation, then release outputs, then ask the arbiter, then halt.
 
 import type { ControlKind } from "../../protocol/records.js";
+import { FAILPOINT_LOG_DELAY_MS, failpoint } from "../failpoints.js";
 import type { InstrumentedModule } from "../instrument/index.js";
 import { Machine, type MachineOptions } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
@@ -26,7 +27,7 @@ export type DriverLog = (line: Record<string, unknown>) => void;
 
 export type VmDevices = Pick<
   MachineOptions,
-  "listen" | "diskFile" | "diskBlocks" | "disk" | "memoryPagesMax" | "onConsole" | "onListening" | "onDeviceError" | "onPaused"
+  "listen" | "nic" | "diskFile" | "diskBlocks" | "disk" | "memoryPagesMax" | "onConsole" | "onListening" | "onDeviceError" | "onPaused"
 >;
 
 export interface PrimaryDriverOptions {
@@ -118,6 +119,7 @@ export class PrimaryDriver {
         this.pump();
       },
       holdOutput: (seq, release) => {
+        if (failpoint("release-before-ack")) return release();
         const id = this.nextOutputId++;
         this.held.set(id, { seq, release, heldSinceMs: performance.now() });
         this.core.output(id, BigInt(seq));
@@ -237,7 +239,10 @@ export class PrimaryDriver {
       this.log({ level: "info", msg: "cpu share", cpuShare: ready.cpuShare, lagIcount: ready.lagIcount });
     }
     for (const message of ready.messages) {
-      this.channel.send(message.t === "hello" && this.options.token ? { ...message, token: this.options.token } : message);
+      const channel = this.channel;
+      const send = () => channel.send(message.t === "hello" && this.options.token ? { ...message, token: this.options.token } : message);
+      if (message.t === "entries" && failpoint("release-before-ack")) setTimeout(send, FAILPOINT_LOG_DELAY_MS);
+      else send();
     }
     if (this.core.state === "goingAlone" && this.reportedState === "paired") {
       this.log({ level: "warn", msg: "backup failure detected", event: "failureDetected", peer: "backup" });
