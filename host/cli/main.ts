@@ -21,6 +21,7 @@ const USAGE = `usage:
   lockstep inspect <log> [--json]
   lockstep storage [--port PORT] [--dir DIR]          (lockstep storage --help)
   lockstep host --storage URL [--id ID] [--port PORT] (lockstep host --help)
+  lockstep switch --service NAME=VM:VPORT[@HOST:PORT]... [--port PORT] (lockstep switch --help)
   lockstep up [--guest NAME] [--hosts N]              (lockstep up --help)
 
 <guest> is an example's name (counter, cpu, kv, http) or a path to an AssemblyScript-built .wasm.
@@ -87,6 +88,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import("../storage/cli.js")).storageCommand(rest);
     case "host":
       return (await import("./host-command.js")).hostCommand(rest);
+    case "switch":
+      return (await import("./switch-command.js")).switchCommand(rest);
     case "up":
       return (await import("./up-command.js")).upCommand(rest);
     case "help":
