@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import type { WebSocket } from "ws";
 import { ControlKind } from "../../protocol/records.js";
+import { SwitchNic } from "../devices/switch-nic.js";
 import { RemoteDisk } from "../devices/remote-disk.js";
 import type { Logger } from "../log.js";
 import type { StorageClient } from "../storage/client.js";
@@ -77,22 +78,41 @@ export class HostedVm {
           )
         : undefined;
     let vm: HostedVm | null = null;
+    // A backup that went live runs at a newer generation than its spec: ask the driver.
+    const now = () => ({ ...fields, generation: vm?.driver.status().generation ?? spec.generation });
     const devices: VmDevices = {
       memoryPagesMax: spec.memoryMib * PAGES_PER_MIB,
       diskBlocks: spec.diskBlocks,
       disk,
       listen: (port) => ({ host: context.bind, port: spec.ports[String(port)] ?? 0 }),
+      nic:
+        spec.switchUrl === undefined
+          ? undefined
+          : (deliver) =>
+              new SwitchNic(
+                {
+                  url: spec.switchUrl!,
+                  vm: spec.vm,
+                  host: context.hostId,
+                  token: context.token ?? undefined,
+                  generation: () => now().generation,
+                  onError: (message) => context.log.warn("switch link", { ...now(), error: message }),
+                  onListening: (port) => context.log.info("guest port listening", { ...now(), port, address: "switch", event: "listening" }),
+                  onLink: (up, detail) => context.log.info(up ? "switch link up" : "switch link down", { ...now(), detail, event: up ? "switchLinkUp" : "switchLinkDown" }),
+                },
+                deliver,
+              ),
       onListening: (port, address) => {
         const where = `${address.host}:${address.port}`;
         if (vm !== null) vm.ports[String(port)] = where;
-        context.log.info("guest port listening", { ...fields, port, address: where, event: "listening" });
+        context.log.info("guest port listening", { ...now(), port, address: where, event: "listening" });
       },
       onConsole: (text) => {
         const line = Buffer.from(text).toString("utf8").replace(/\n$/, "");
-        context.log.info("console", { ...fields, generation: vm?.driver.status().generation ?? null, text: line });
+        context.log.info("console", { ...now(), text: line });
       },
-      onDeviceError: (message) => context.log.warn("device error", { ...fields, error: message }),
-      onPaused: (paused) => context.log.info(paused ? "guest paused" : "guest resumed", { ...fields, event: paused ? "paused" : "resumed" }),
+      onDeviceError: (message) => context.log.warn("device error", { ...now(), error: message }),
+      onPaused: (paused) => context.log.info(paused ? "guest paused" : "guest resumed", { ...now(), event: paused ? "paused" : "resumed" }),
     };
     const common = {
       vmId: spec.vm,

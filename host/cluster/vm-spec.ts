@@ -23,6 +23,11 @@ export const VmSpecSchema = z
     memoryMib: z.number().int().min(1).max(4096).default(256),
     /** Failure timeout (docs/ft-protocol.md); primary and backup should agree on it. */
     timeoutMs: z.number().int().min(TIMEOUT_MS_MIN).max(TIMEOUT_MS_MAX).default(1000),
+    /**
+     * Clients reach the guest through this switch (docs/switch.md), whose streams survive a
+     * failover; without one, the guest's ports are TCP ports of this host (`ports`).
+     */
+    switchUrl: z.string().url().startsWith("ws").optional(),
     /** Guest virtual port → real TCP port on this host (0 or absent: a free one). */
     ports: z.record(z.string().regex(/^\d{1,5}$/), z.number().int().min(0).max(65535)).default({}),
   })

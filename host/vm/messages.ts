@@ -155,4 +155,10 @@ export interface StreamPosition {
   tx: number;
   /** Transmit credit delivered to the guest. */
   credit: number;
+  /**
+   * The output bytes [credit, tx): sent, but not known to have reached the client. The primary
+   * may have released them into a link that died with its host, so the new primary sends them
+   * again and the switch keeps what its client lacks. At most TX_WINDOW_BYTES.
+   */
+  unconfirmed: Uint8Array;
 }

@@ -11,6 +11,7 @@ export interface ConnSnapshot {
   rxTotal?: number;
   txTotal?: number;
   creditTotal?: number;
+  unconfirmed?: Uint8Array;
 }
 
 export interface DiskIoSnapshot {

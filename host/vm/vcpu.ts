@@ -102,6 +102,12 @@ interface Conn {
   rxTotal: number;
   txTotal: number;
   creditTotal: number;
+  /**
+   * streamNic, while replaying: the output bytes [creditTotal, txTotal), in chunks, for
+   * StreamPosition.unconfirmed. Bounded by the transmit window: the guest cannot send more
+   * than TX_WINDOW_BYTES past its credit.
+   */
+  unconfirmed: Uint8Array[];
 }
 
 interface DiskIo {
@@ -583,7 +589,7 @@ export class Vcpu {
     if (irq !== undefined && irq(event.kind, irqA, irqB) === 0) return false;
     switch (event.kind) {
       case EventKind.NicAccept:
-        this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES, rxTotal: 0, txTotal: 0, creditTotal: 0 });
+        this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES, rxTotal: 0, txTotal: 0, creditTotal: 0, unconfirmed: [] });
         break;
       case EventKind.NicData: {
         const conn = this.conns.get(event.arg)!;
@@ -600,6 +606,7 @@ export class Vcpu {
         const conn = this.conns.get(event.arg)!;
         conn.txWindow = Math.min(TX_WINDOW_BYTES, conn.txWindow + event.value);
         conn.creditTotal += event.value;
+        trimConfirmed(conn);
         break;
       }
       case EventKind.DiskDone: {
@@ -763,8 +770,10 @@ export class Vcpu {
     }
     const diskIos = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
     const streams = this.boot.streamNic
-      ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal }))
+      ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal, unconfirmed: Buffer.concat(c.unconfirmed) }))
       : [];
+    // From here on the NIC keeps what it sends.
+    for (const conn of this.conns.values()) conn.unconfirmed = [];
     this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos, streams });
   }
 
@@ -1031,7 +1040,9 @@ export class Vcpu {
     conn.txWindow -= n;
     const offset = conn.txTotal;
     conn.txTotal += n;
-    this.output({ o: "nic_send", conn: connId, offset, data: this.guestBytes(ptr, n).slice() });
+    const data = this.guestBytes(ptr, n).slice();
+    if (this.boot.streamNic && this.mode === "replay") conn.unconfirmed.push(data);
+    this.output({ o: "nic_send", conn: connId, offset, data });
     return n;
   }
 
@@ -1152,6 +1163,7 @@ export class Vcpu {
       rxTotal: c.rxTotal,
       txTotal: c.txTotal,
       creditTotal: c.creditTotal,
+      unconfirmed: Buffer.concat(c.unconfirmed),
     }));
     const diskIos: DiskIoSnapshot[] = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
     return {
@@ -1196,6 +1208,7 @@ export class Vcpu {
         rxTotal: c.rxTotal ?? 0,
         txTotal: c.txTotal ?? 0,
         creditTotal: c.creditTotal ?? 0,
+        unconfirmed: c.unconfirmed !== undefined && c.unconfirmed.length > 0 ? [c.unconfirmed] : [],
       });
     }
     for (const io of d.diskIos) {
@@ -1205,5 +1218,20 @@ export class Vcpu {
     if (d.memoryPagesMax !== undefined) this.memoryPagesMax = d.memoryPagesMax;
     // The idle tick of the snapshot point was taken already; idleLoop takes the next one.
     this.fuel.value = snapshot.icount - 1n;
+  }
+}
+
+/** Drops the unconfirmed output that credit now covers: the client has it. */
+function trimConfirmed(conn: Conn): void {
+  let excess = conn.unconfirmed.reduce((sum, chunk) => sum + chunk.length, 0) - Math.max(0, conn.txTotal - conn.creditTotal);
+  while (excess > 0 && conn.unconfirmed.length > 0) {
+    const first = conn.unconfirmed[0]!;
+    if (first.length <= excess) {
+      conn.unconfirmed.shift();
+      excess -= first.length;
+    } else {
+      conn.unconfirmed[0] = first.subarray(excess);
+      excess = 0;
+    }
   }
 }
