@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real clients for the guests' tests (redis-cli, redis-benchmark, curl).
-debian_packages=(redis-tools curl)
+# Debian packages: real clients for the guests' tests (redis-cli, redis-benchmark, curl), and
+# redis-server as the baseline a user would otherwise pick (bench/switch.ts).
+debian_packages=(redis-tools redis-server curl)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -16,17 +16,18 @@ import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 export const UP_PORT_DEFAULT = 7400;
 
 export const UP_USAGE = `usage:
-  lockstep up [--guest NAME] [--hosts N] [--vm NAME] [--port PORT] [--bind HOST] [--dir DIR]
+  lockstep up [--guest NAME]... [--hosts N] [--vm NAME] [--no-switch] [--port PORT] [--bind HOST] [--dir DIR]
               [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--timeout-ms MS]
               [--token TOKEN]
 
-Starts a storage server and N hosts (default 3) as child processes, runs the guest's primary
-and backup on two different hosts, and serves GET /api/status until Ctrl-C.
-  --guest       an example's name or a .wasm path (default kv)
-  --vm          the VM's name (default: the guest's name)
+Starts a storage server, a switch and N hosts (default 3) as child processes, runs each
+guest's primary and backup on two different hosts, and serves GET /api/status until Ctrl-C.
+  --guest       an example's name or a .wasm path; repeat for more VMs (default: kv and http)
+  --vm          the VM's name, with one --guest (default: the guest's name)
+  --no-switch   no switch: clients connect to the primary's host and reconnect after a failover
   --port        status API port (default ${UP_PORT_DEFAULT}; 0 picks a free one); --bind (default 127.0.0.1)
   --dir         keep disks and registers here (default: a temporary folder, removed at exit)
-  --guest-port  put the guest's virtual port VPORT on this TCP port (default: a free one)
+  --guest-port  serve the guests' virtual port VPORT on this TCP port (default: a free one)
   --timeout-ms  declare a silent primary or backup failed after this long (default 1000)
   --token       required by the status API when bound beyond loopback (default: $${HOST_TOKEN_ENV})`;
 
@@ -35,7 +36,8 @@ export async function upCommand(args: string[]): Promise<number> {
     args,
     allowPositionals: false,
     options: {
-      guest: { type: "string", default: "kv" },
+      guest: { type: "string", multiple: true, default: ["kv", "http"] },
+      "no-switch": { type: "boolean", default: false },
       vm: { type: "string" },
       hosts: { type: "string", default: "3" },
       port: { type: "string", default: String(UP_PORT_DEFAULT) },
@@ -54,8 +56,12 @@ export async function upCommand(args: string[]): Promise<number> {
     process.stdout.write(UP_USAGE + "\n");
     return 0;
   }
-  const vm = values.vm ?? values.guest.replace(/^.*\//, "").replace(/\.wasm$/, "").toLowerCase();
-  if (!VM_NAME.test(vm)) throw new LockstepError("USAGE", `--vm takes lowercase letters, digits and '-', not "${vm}"`);
+  if (values.vm !== undefined && values.guest.length !== 1) throw new LockstepError("USAGE", "--vm names the VM of a single --guest");
+  const vms = values.guest.map((guest) => ({ guest, vm: values.vm ?? guest.replace(/^.*\//, "").replace(/\.wasm$/, "").toLowerCase() }));
+  for (const { vm } of vms) {
+    if (!VM_NAME.test(vm)) throw new LockstepError("USAGE", `a VM name takes lowercase letters, digits and '-', not "${vm}" (--vm)`);
+  }
+  if (new Set(vms.map((v) => v.vm)).size !== vms.length) throw new LockstepError("USAGE", "each --guest once: VM names must differ");
   const ports: Record<string, number> = {};
   for (const mapping of values["guest-port"]) {
     const match = /^(\d{1,5})=(\d{1,5})$/.exec(mapping);
@@ -63,8 +69,8 @@ export async function upCommand(args: string[]): Promise<number> {
     ports[String(integer(match[1]!, "--guest-port VPORT", 1, 65535))] = integer(match[2]!, "--guest-port PORT", 0, 65535);
   }
   const cluster = new EmbeddedCluster({
-    guest: values.guest,
-    vm,
+    vms,
+    switch: !values["no-switch"],
     hosts: integer(values.hosts, "--hosts", 2, 16),
     bind: values.bind,
     port: integer(values.port, "--port", 0, 65535),
@@ -98,16 +104,23 @@ export async function upCommand(args: string[]): Promise<number> {
 
 function howTo(ready: Record<string, unknown>): string {
   const vms = ready.vms as { vm: string; primary: string; backup: string; ports: Record<string, string> }[];
+  const services = (ready.services ?? {}) as Record<string, string>;
   const lines = [`\nstatus: curl -s ${String(ready.status)}`];
+  const client = (service: string, vport: string, address: string) => {
+    const [host, port] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
+    if (vport === "6379" || service === "kv") return `  redis-cli -h ${host} -p ${port} SET greeting hello`;
+    if (vport === "80" || service === "http") return `  curl http://${address}/`;
+    return `  ${service} at ${address}`;
+  };
   for (const vm of vms) {
     lines.push(`${vm.vm}: primary on ${vm.primary}, backup on ${vm.backup}`);
-    for (const [port, address] of Object.entries(vm.ports)) {
-      const [host, real] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
-      if (port === "6379") lines.push(`  redis-cli -h ${host} -p ${real} SET greeting hello`);
-      else if (port === "80") lines.push(`  curl http://${address}/`);
-      else lines.push(`  guest port ${port} at ${address}`);
-    }
+    for (const [service, address] of Object.entries(services)) if (service === vm.vm || service.startsWith(`${vm.vm}-`)) lines.push(client(service, "", address));
+    for (const [vport, address] of Object.entries(vm.ports)) lines.push(client(vm.vm, vport, address));
   }
-  lines.push("kill -9 the primary's host (pids in the READY line) and watch the backup take over. Ctrl-C stops everything.\n");
+  lines.push(
+    Object.keys(services).length > 0
+      ? "kill -9 a primary's host (pids in the READY line): the backup takes over and client connections stay open. Ctrl-C stops everything.\n"
+      : "kill -9 the primary's host (pids in the READY line) and watch the backup take over. Ctrl-C stops everything.\n",
+  );
   return lines.join("\n");
 }

@@ -32,10 +32,23 @@ const CHILD_STOP_GRACE_MS = 5_000;
 /** A storage server that keeps dying is given up on after this many restarts. */
 const STORAGE_RESTARTS_MAX = 100;
 
-export interface ClusterOptions {
+/** Where the example guests listen: the services a switch exposes for them, by VM name. */
+const EXAMPLE_SERVICE_PORTS: Record<string, number> = { kv: 6379, http: 80 };
+
+export interface ClusterVm {
+  /** An example's name or a .wasm path. */
   guest: string;
   vm: string;
+}
+
+export interface ClusterOptions {
+  vms: ClusterVm[];
   hosts: number;
+  /**
+   * Clients reach the guests through a switch (docs/switch.md), whose connections survive a
+   * failover; without it, each guest port is a TCP port of its primary's host.
+   */
+  switch: boolean;
   bind: string;
   port: number;
   /** Where storage keeps disks and registers; a fresh temporary folder when null. */
@@ -44,7 +57,7 @@ export interface ClusterOptions {
   memoryMib: number;
   /** The pair's failure timeout. */
   timeoutMs: number;
-  /** Guest virtual port → TCP port of the primary (0: a free one). */
+  /** Guest virtual port → public TCP port (of the switch, or of the primary's host; 0: a free one). */
   ports: Record<string, number>;
   token: string | null;
   log: Logger;
@@ -76,6 +89,7 @@ export class EmbeddedCluster {
   private eventsDropped = 0;
   private storageRestarts = 0;
   private storage: { child: Child; url: string } | null = null;
+  private switch: { child: Child; url: string; services: Record<string, string> } | null = null;
   private server: Server | null = null;
   private stopping = false;
   /** The hosts' control token: fresh for each cluster, known only to it and its children. */
@@ -97,8 +111,11 @@ export class EmbeddedCluster {
 
   /** Starts everything; resolves with what the READY line says. */
   async start(): Promise<Record<string, unknown>> {
-    const guest = loadGuest(this.options.guest); // fail fast on a bad guest, before any child
+    const guests = this.options.vms.map((vm) => ({ ...vm, loaded: loadGuest(vm.guest) })); // fail fast, before any child
     await this.startStorage("0");
+    // A switch only for guests with a network: a counter or a cpu run needs none.
+    const networked = guests.filter((g) => g.loaded.listens);
+    if (this.options.switch && networked.length > 0) await this.startSwitch(networked);
 
     const started = await Promise.all(
       Array.from({ length: this.options.hosts }, (_, i) => {
@@ -114,21 +131,13 @@ export class EmbeddedCluster {
     );
     this.hosts.push(...started);
 
-    // A fresh cluster over kept storage continues the VM's generations: the registers of
-    // generations already settled belong to earlier runs.
-    const generation = await this.storedGeneration();
-    const [primaryHost, backupHost] = [this.hosts[0]!, this.hosts[1]!];
-    const spec = {
-      vm: this.options.vm,
-      guest: this.options.guest,
-      generation,
-      diskBlocks: guest.usesDisk ? this.options.diskBlocks : 0,
-      memoryMib: this.options.memoryMib,
-      timeoutMs: this.options.timeoutMs,
-    };
-    const backup = (await this.callHost(backupHost, "POST", "/api/vms", { ...spec, role: "backup" })) as { channelUrl: string };
-    const eventsBeforePrimary = this.eventsDropped + this.events.length;
-    await this.callHost(primaryHost, "POST", "/api/vms", { ...spec, role: "primary", backupUrl: backup.channelUrl, ports: this.options.ports });
+    // VM i: primary on host i, backup on the next host, so that no host holds both sides.
+    const placed = [];
+    for (const [i, guest] of guests.entries()) {
+      const primaryHost = this.hosts[i % this.hosts.length]!;
+      const backupHost = this.hosts[(i + 1) % this.hosts.length]!;
+      placed.push({ ...guest, ...(await this.startVm(guest, guest.loaded, primaryHost, backupHost)), primaryHost, backupHost });
+    }
 
     this.server = createServer((req, res) => void this.handle(req, res));
     await new Promise<void>((resolve, reject) => {
@@ -139,16 +148,74 @@ export class EmbeddedCluster {
     const port = typeof address === "object" && address !== null ? address.port : this.options.port;
     this.url = `http://${this.options.bind.includes(":") ? `[${this.options.bind}]` : this.options.bind}:${port}`;
 
-    const ports = await this.primaryPorts(primaryHost, guest.listens, eventsBeforePrimary);
+    const vms = [];
+    for (const vm of placed) {
+      const ports = await this.primaryPorts(vm.vm, vm.primaryHost, vm.loaded.listens, vm.eventsBefore);
+      vms.push({ vm: vm.vm, guest: vm.guest, generation: vm.generation, primary: vm.primaryHost.id, backup: vm.backupHost.id, ports });
+    }
     return {
       url: this.url,
       status: `${this.url}/api/status`,
       pid: process.pid,
       dir: this.dir,
       storage: { url: this.storage!.url, pid: this.storage!.child.pid },
+      ...(this.switch === null ? {} : { switch: { url: this.switch.url, pid: this.switch.child.pid }, services: this.switch.services }),
       hosts: this.hosts.map((h) => ({ id: h.id, pid: h.child.pid, url: h.url })),
-      vms: [{ vm: this.options.vm, guest: this.options.guest, generation, primary: primaryHost.id, backup: backupHost.id, ports }],
+      vms,
     };
+  }
+
+  /**
+   * Starts one VM under FT: its backup first, then its primary pointed at the backup's
+   * channel. A fresh cluster over kept storage continues the VM's generations: the registers
+   * of generations already settled belong to earlier runs.
+   */
+  private async startVm(
+    vm: ClusterVm,
+    guest: { usesDisk: boolean },
+    primaryHost: HostEntry,
+    backupHost: HostEntry,
+  ): Promise<{ generation: number; eventsBefore: number }> {
+    const generation = await this.storedGeneration(vm.vm);
+    const spec = {
+      vm: vm.vm,
+      guest: vm.guest,
+      generation,
+      diskBlocks: guest.usesDisk ? this.options.diskBlocks : 0,
+      memoryMib: this.options.memoryMib,
+      timeoutMs: this.options.timeoutMs,
+      ...(this.switch === null ? {} : { switchUrl: this.switch.url.replace(/^http/, "ws") }),
+    };
+    const backup = (await this.callHost(backupHost, "POST", "/api/vms", { ...spec, role: "backup" })) as { channelUrl: string };
+    const eventsBefore = this.eventsDropped + this.events.length;
+    const ports = this.switch === null ? this.options.ports : {};
+    await this.callHost(primaryHost, "POST", "/api/vms", { ...spec, role: "primary", backupUrl: backup.channelUrl, ports });
+    return { generation, eventsBefore };
+  }
+
+  /** The switch, with a service for each port the guests are known to listen on. */
+  private async startSwitch(guests: ClusterVm[]): Promise<void> {
+    const services: string[] = [];
+    for (const vm of guests) {
+      const known = EXAMPLE_SERVICE_PORTS[vm.vm] ?? EXAMPLE_SERVICE_PORTS[vm.guest];
+      const vports = known !== undefined ? [known] : Object.keys(this.options.ports).map(Number);
+      if (vports.length === 0) {
+        throw new LockstepError("USAGE", `which port does ${vm.guest} listen on? Name it with --guest-port VPORT=PORT`);
+      }
+      for (const vport of vports) {
+        const name = known !== undefined ? vm.vm : `${vm.vm}-${vport}`;
+        const publicPort = this.options.ports[String(vport)] ?? 0;
+        services.push("--service", `${name}=${vm.vm}:${vport}@${this.options.bind}:${publicPort}`);
+      }
+    }
+    const { child, ready } = await Child.start({
+      name: "switch",
+      args: ["switch", "--port", "0", "--bind", this.options.bind, ...services],
+      env: { LOCKSTEP_TOKEN: this.hostToken },
+      onLog: (line) => this.childLog("switch", line),
+      onExit: (code, signal) => this.childExited("switch", code, signal),
+    });
+    this.switch = { child, url: String(ready.url), services: ready.services as Record<string, string> };
   }
 
   /** The status API's answer: hosts polled now, VMs assembled from what the hosts say. */
@@ -179,6 +246,7 @@ export class EmbeddedCluster {
     this.server?.closeAllConnections();
     this.server?.close();
     await Promise.all(this.hosts.map((h) => h.child.stop(CHILD_STOP_GRACE_MS)));
+    await this.switch?.child.stop(CHILD_STOP_GRACE_MS);
     await this.storage?.child.stop(CHILD_STOP_GRACE_MS);
     if (this.ownsDir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
@@ -218,10 +286,10 @@ export class EmbeddedCluster {
     return fetchJson(`${host.url}${route}`, { token: this.hostToken, timeoutMs: 30_000, method, body });
   }
 
-  private async storedGeneration(): Promise<number> {
+  private async storedGeneration(vm: string): Promise<number> {
     const client = await StorageClient.connect(this.storage!.url, { clientId: "lockstep-up" });
     try {
-      const register = await client.readGeneration(this.options.vm);
+      const register = await client.readGeneration(vm);
       return register === null ? 1 : register.generation + 1;
     } finally {
       await client.close();
@@ -229,12 +297,12 @@ export class EmbeddedCluster {
   }
 
   /** Where the primary's guest listens, once it does (guests without a NIC: none). */
-  private async primaryPorts(host: HostEntry, listens: boolean, since: number): Promise<Record<string, string>> {
+  private async primaryPorts(name: string, host: HostEntry, listens: boolean, since: number): Promise<Record<string, string>> {
     if (!listens) return {};
-    await this.nextEvent((e) => e.host === host.id && e.vm === this.options.vm && (e.event === "listening" || e.event === "stopped"), 30_000, since);
+    await this.nextEvent((e) => e.host === host.id && e.vm === name && (e.event === "listening" || e.event === "stopped"), 30_000, since);
     await this.poll(host);
-    const vm = host.last?.vms.find((v) => v.vm === this.options.vm);
-    if (vm === undefined || vm.result !== null) throw new LockstepError("USAGE", `${this.options.vm} stopped before it listened: ${vm?.result?.message ?? "gone"}`);
+    const vm = host.last?.vms.find((v) => v.vm === name);
+    if (vm === undefined || vm.result !== null) throw new LockstepError("USAGE", `${name} stopped before it listened: ${vm?.result?.message ?? "gone"}`);
     return vm.ports;
   }
 
@@ -259,7 +327,8 @@ export class EmbeddedCluster {
   }
 
   private childLog(host: string, line: Record<string, unknown>): void {
-    const entry = { host, ...line };
+    // A line's own `host` field (the switch names a link's host) must not hide who wrote it.
+    const entry = { host, ...line, ...(line.host !== undefined ? { host, peerHost: line.host } : {}) };
     process.stderr.write(JSON.stringify(entry) + "\n");
     if (typeof line.event === "string") {
       this.events.push({

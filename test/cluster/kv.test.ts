@@ -1,5 +1,6 @@
-// The kv guest under FT on the embedded cluster, driven by the real redis-cli: what a client was
-// told is there after the primary's host is killed, on the shared disk and in the guest's memory.
+// The kv guest under FT on the embedded cluster without a switch, driven by the real redis-cli:
+// what a client was told is there after the primary's host is killed, on the shared disk and in
+// the guest's memory, at the new primary's own address. (Through the switch: switch.test.ts.)
 
 import { afterEach, describe, expect, it } from "vitest";
 import { run } from "../helpers/cli.js";
@@ -23,7 +24,7 @@ function redis(address: string, commands: string[]): Promise<string[]> {
 
 describe("kv under FT", () => {
   it("every acknowledged INCR and SET survives a kill -9 of the primary's host", async () => {
-    cluster = new UpCluster(["--guest", "kv", "--hosts", "3"]);
+    cluster = new UpCluster(["--guest", "kv", "--hosts", "3", "--no-switch"]);
     const ready = await cluster.ready;
     const vm = ready.vms[0]!;
     const address = vm.ports["6379"]!;

@@ -3,7 +3,7 @@
 
 import type { Tick } from "../../host/cluster/up-process.js";
 
-export { UpProcess as UpCluster, type LogLine, type Tick, type ClusterStatus } from "../../host/cluster/up-process.js";
+export { UpProcess as UpCluster, type LogLine, type Ready, type Tick, type ClusterStatus } from "../../host/cluster/up-process.js";
 
 /** Every tick follows the one before: no gap (a tick the guest counted but nobody saw), no repeat. */
 export function tickGaps(ticks: Tick[]): string[] {
