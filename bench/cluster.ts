@@ -20,6 +20,9 @@ export interface ClusterBenchResult {
   counterLogBitsPerSecond: number;
   cpuLogBitsPerSecond: number;
   kvLogBitsPerSecond: number;
+  cpuFtOverNonFt: number;
+  cpuSecondsFt: number[];
+  cpuSecondsNonFt: number[];
   kvRequestsPerSecondFt: number;
   kvRequestsPerSecondNonFt: number;
   lagMsP50: number;
@@ -85,7 +88,43 @@ function redisBenchmark(address: string, args: string[]): Promise<number> {
   });
 }
 
-const KV_LOAD = ["-t", "set,get,incr", "-n", "30000", "-c", "16"];
+/** redis-benchmark's default 50 clients: enough concurrency that group commit and batched acks pay. */
+const KV_LOAD = ["-t", "set,get,incr", "-n", "30000", "-c", "50"];
+const CPU_RUNS = 3;
+
+/**
+ * The cpu guest's compute time: from its first checksum line (`hash ...`) to its last
+ * (`checksum ...`), which spans sieve, n-body, fib and alloc and leaves out start-up.
+ */
+async function cpuSecondsWithoutFt(): Promise<number> {
+  const child = spawn(process.execPath, [path.join(PROJECT_ROOT, "dist/host/cli/main.js"), "run", "cpu"], {
+    cwd: PROJECT_ROOT,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let first = NaN;
+  let last = NaN;
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    if (line.startsWith("hash ")) first = performance.now();
+    if (line.startsWith("checksum ")) last = performance.now();
+  });
+  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  if (code !== 0 || Number.isNaN(first) || Number.isNaN(last)) throw new Error(`lockstep run cpu failed (${code})`);
+  return (last - first) / 1000;
+}
+
+/** The same span under FT, from the primary host's timestamps on the released console lines. */
+async function cpuSecondsWithFt(): Promise<{ seconds: number; samples: PrimaryFigures[]; logSeconds: number }> {
+  return withCluster(["--guest", "cpu"], async (up) => {
+    const from = up.seen;
+    const run = await sampleWhile(up, up.event((l) => l.event === "stopped", "cpu finishing", from));
+    const consoleAt = (prefix: string) => {
+      const line = up.since(from).find((l) => l.msg === "console" && typeof l.text === "string" && l.text.startsWith(prefix));
+      if (line === undefined) throw new Error(`the cpu guest printed no "${prefix}" line`);
+      return Date.parse(String(line.ts));
+    };
+    return { seconds: (consoleAt("checksum ") - consoleAt("hash ")) / 1000, samples: run.samples, logSeconds: run.seconds };
+  });
+}
 
 /** The same kv guest without FT: `lockstep run kv` with a local disk. */
 async function kvWithoutFt(): Promise<number> {
@@ -126,13 +165,20 @@ export async function runClusterBench(): Promise<ClusterBenchResult> {
     return sampleWhile(up, new Promise((resolve) => setTimeout(resolve, 5000)));
   });
 
-  // cpu: compute-bound until it exits; its log is almost only timer-free checkpoints' worth.
-  const cpu = await withCluster(["--guest", "cpu"], async (up) =>
-    sampleWhile(up, up.event((l) => l.event === "stopped", "cpu finishing")),
-  );
+  // cpu: compute-bound until it exits, alternating FT and non-FT runs so that drift in the
+  // machine's speed hits both alike. Its log is almost empty: it has no inputs.
+  const cpuSecondsFt: number[] = [];
+  const cpuSecondsNonFt: number[] = [];
+  let cpu = { samples: [] as PrimaryFigures[], seconds: 0 };
+  for (let i = 0; i < CPU_RUNS; i++) {
+    cpuSecondsNonFt.push(await cpuSecondsWithoutFt());
+    const ft = await cpuSecondsWithFt();
+    cpuSecondsFt.push(ft.seconds);
+    cpu = { samples: ft.samples, seconds: ft.logSeconds };
+  }
 
   // kv under redis-benchmark: the receive- and transmit-heavy case, and lag under load.
-  const kv = await withCluster(["--guest", "kv"], async (up) => {
+  const kv = await withCluster(["--guest", "kv", "--no-switch"], async (up) => {
     const address = (await up.ready).vms[0]!.ports["6379"]!;
     return sampleWhile(up, redisBenchmark(address, KV_LOAD));
   });
@@ -159,6 +205,10 @@ export async function runClusterBench(): Promise<ClusterBenchResult> {
   return {
     counterLogBitsPerSecond: bitsPerSecond(counter.samples, counter.seconds),
     cpuLogBitsPerSecond: bitsPerSecond(cpu.samples, cpu.seconds),
+    // Throughput is work over time and the work is the same: the ratio of medians of times.
+    cpuFtOverNonFt: percentile(cpuSecondsNonFt, 0.5) / percentile(cpuSecondsFt, 0.5),
+    cpuSecondsFt,
+    cpuSecondsNonFt,
     kvLogBitsPerSecond: bitsPerSecond(kv.samples, kv.seconds),
     kvRequestsPerSecondFt: kv.value,
     kvRequestsPerSecondNonFt: kvNonFt,
@@ -174,6 +224,8 @@ export async function runClusterBench(): Promise<ClusterBenchResult> {
 export function printClusterBench(r: ClusterBenchResult): void {
   const mbit = (bits: number) => `${(bits / 1e6).toFixed(3)} Mbit/s`;
   console.log(`logging bandwidth: counter ${mbit(r.counterLogBitsPerSecond)}, cpu ${mbit(r.cpuLogBitsPerSecond)}, kv under redis-benchmark ${mbit(r.kvLogBitsPerSecond)}`);
+  const seconds = (values: number[]) => values.map((v) => v.toFixed(2)).join(", ");
+  console.log(`cpu throughput with FT / without FT: ${r.cpuFtOverNonFt.toFixed(3)} (seconds FT ${seconds(r.cpuSecondsFt)}; without ${seconds(r.cpuSecondsNonFt)})`);
   console.log(
     `kv requests/s with FT / without FT: ${(r.kvRequestsPerSecondFt / r.kvRequestsPerSecondNonFt).toFixed(3)} (${Math.round(r.kvRequestsPerSecondFt)} / ${Math.round(r.kvRequestsPerSecondNonFt)})`,
   );
