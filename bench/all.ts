@@ -3,6 +3,7 @@
 import { formatResult, runMeteringBench } from "./metering.js";
 import { printClusterBench, runClusterBench } from "./cluster.js";
 import { printFtBench, runFtBench } from "./ft.js";
+import { printSwitchBench, runSwitchBench } from "./switch.js";
 import { printVmBench, runVmBench } from "./vm.js";
 
 console.log("== metering overhead on the cpu guest (metered / raw time)");
@@ -15,3 +16,6 @@ printFtBench(await runFtBench());
 
 console.log("\n== fault tolerance on the embedded cluster (lockstep up: real processes on loopback)");
 printClusterBench(await runClusterBench());
+
+console.log("\n== clients through the switch: redis-benchmark, durable writes, failover as a client sees it");
+printSwitchBench(await runSwitchBench());
