@@ -53,6 +53,13 @@ export enum ControlKind {
   Resume = 3,
   /** `value`: the new limit on guest memory in 64 KiB pages, for later memory.grow calls. */
   MemoryMax = 4,
+  /**
+   * No effect. An FT primary logs one at a checkpoint after it has logged nothing for a while:
+   * a backup may replay only up to its last record's count (an input could come right after
+   * it), so without these a compute-bound guest's backup would wait for the next output and
+   * lag by all the time in between (§3.2).
+   */
+  Progress = 5,
 }
 
 /**

@@ -124,6 +124,8 @@ export interface MachineOptions {
   digestAtOutputs?: boolean;
   /** Record: log a marker (an empty Digest record) at every output; see VcpuBoot. */
   markOutputs?: boolean;
+  /** Record: log a Progress control after this long without a record (an FT primary). */
+  progressMs?: number | null;
   jitterSeed?: number | null;
   snapshotAtIdle?: bigint | null;
   /** Replay: at the end of the log go on as this mode, with this machine's devices (go-live). */
@@ -197,6 +199,7 @@ export class Machine {
       digestAtOutputs: options.digestAtOutputs ?? false,
       markOutputs: options.markOutputs ?? false,
       jitterSeed: options.jitterSeed ?? null,
+      progressMs: options.progressMs ?? null,
       snapshotAtIdle: options.snapshotAtIdle ?? null,
       goLiveAs: options.goLiveAs ?? null,
       streamNic: this.nic?.streams ?? false,

@@ -46,6 +46,8 @@ export interface VcpuBoot {
    * from this seed, so asynchronous events land at randomized counts (for testing).
    */
   jitterSeed: number | null;
+  /** Record: log a Progress control at a checkpoint after this long without a record (FT). */
+  progressMs: number | null;
   /** Replay: at the end of the log, go on as this mode instead of stopping (a backup going live). */
   goLiveAs: "live" | "record" | null;
   /**

@@ -156,6 +156,8 @@ export class Vcpu {
   private readonly queue: LogRecord[] = [];
   private queueHead = 0;
   private recordsEnded = false;
+  /** When the last record was logged (record mode), for Progress controls. */
+  private loggedAtMs = performance.now();
   private caughtUpReported = -1;
 
   // Device state the guest can observe: part of a snapshot.
@@ -312,6 +314,7 @@ export class Vcpu {
       this.applyControls(icount);
       this.timerCheck();
       if (!this.irqMasked) this.deliverPending(icount);
+      this.logProgress(icount);
       this.flushLog();
       this.throttle();
     }
@@ -450,7 +453,7 @@ export class Vcpu {
       const valid =
         kind === ControlKind.MemoryMax
           ? value >= 1 && value <= MEMORY_PAGES_LIMIT
-          : kind === ControlKind.PowerOff || kind === ControlKind.Pause || kind === ControlKind.Resume;
+          : kind === ControlKind.PowerOff || kind === ControlKind.Pause || kind === ControlKind.Resume || (kind === ControlKind.Progress && value === 0);
       if (!valid) throw this.divergence(icount, "a known control");
       this.takeRecord();
       applied++;
@@ -539,6 +542,8 @@ export class Vcpu {
         break;
       case ControlKind.MemoryMax:
         this.memoryPagesMax = value;
+        break;
+      case ControlKind.Progress:
         break;
     }
   }
@@ -798,7 +803,15 @@ export class Vcpu {
 
   // ---- the log ---------------------------------------------------------------------------
 
+  /** Record, FT: a Progress control after boot.progressMs without a record (see ControlKind). */
+  private logProgress(icount: bigint): void {
+    const everyMs = this.boot.progressMs;
+    if (everyMs === null || this.mode !== "record" || performance.now() - this.loggedAtMs < everyMs) return;
+    this.log(RecordKind.Control, icount, ControlKind.Progress, 0, 0n);
+  }
+
   private log(kind: RecordKind, icount: bigint, a: number, b: number, value: bigint, data?: Uint8Array): void {
+    this.loggedAtMs = performance.now();
     this.batch.push({ kind, seq: BigInt(this.seq), icount, a, b, value, data: data ?? EMPTY_BYTES });
     this.seq++;
     if (this.batch.length >= LOG_BATCH_RECORDS_MAX) this.flushLog();
