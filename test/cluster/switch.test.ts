@@ -63,26 +63,33 @@ describe("the switch: clients keep their connections through a failover", () => 
   it.each([
     ["one request at a time", []],
     ["pipelined, 16 deep", ["-P", "16"]],
-  ])("redis-benchmark INCR, %s: zero errors while the primary's host is killed, and every acknowledged INCR counted once", async (_name, extra) => {
+  ])("redis-benchmark SET, GET and INCR, %s: zero errors while the primary's host is killed, every acknowledged write there, every INCR counted once", async (_name, extra) => {
     cluster = new UpCluster(["--guest", "kv", "--hosts", "3"]);
     const ready = await cluster.ready;
     const kv = ready.services!.kv!;
     expect(kv).toMatch(/^127\.0\.0\.1:\d+$/);
 
-    // INCR "counter:__rand_int__" (without -r the key is literal) `requests` times over 20
-    // connections that stay open across the failover: redis-benchmark fails on any error or
-    // dropped connection.
-    const requests = 8_000;
-    const incr = redisBenchmark(kv, ["-t", "incr", "-n", String(requests), "-c", "20", "-q", ...extra]);
-    await untilCounterPasses(kv, "counter:__rand_int__", requests / 5);
+    // Two real redis-benchmarks over 20 connections each, which stay open across the failover
+    // (redis-benchmark fails on any error or dropped connection): SET and GET of
+    // "key:__rand_int__" (without -r the key is literal), and INCR of "counter:__rand_int__"
+    // `incrs` times. The kill lands while both run.
+    const incrs = 8_000;
+    const setGet = redisBenchmark(kv, ["-t", "set,get", "-n", "10000", "-c", "20", "-d", "8", "-q", ...extra]);
+    const incr = redisBenchmark(kv, ["-t", "incr", "-n", String(incrs), "-c", "20", "-q", ...extra]);
+    await untilCounterPasses(kv, "counter:__rand_int__", incrs / 5);
     await killPrimaryHost(ready, "kv");
-    const incrRun = await incr;
-    expect(incrRun.code, incrRun.output).toBe(0);
-    expect(incrRun.output).not.toMatch(/error|reset|closed/i);
-    expect(incrRun.output).toMatch(/INCR: [\d.]+ requests per second/);
+    for (const [run, tests] of [[await setGet, ["SET", "GET"]], [await incr, ["INCR"]]] as const) {
+      expect(run.code, run.output).toBe(0);
+      expect(run.output).not.toMatch(/error|reset|closed/i);
+      for (const test of tests) expect(run.output).toMatch(new RegExp(`${test}: [\\d.]+ requests per second`));
+    }
 
-    // Every acknowledged INCR counted once: none lost, none applied twice by the replay.
-    expect(await redis(kv, ["GET counter:__rand_int__"])).toEqual([String(requests)]);
+    // Every acknowledged write is there, and every acknowledged INCR counted once: none lost,
+    // none applied twice by the replay.
+    // (redis-benchmark 7 writes one random 8-byte value, the same in every SET of its run.)
+    const [value, counter] = await redis(kv, ["GET key:__rand_int__", "GET counter:__rand_int__"]);
+    expect(value).toMatch(/^.{8}$/);
+    expect(counter).toBe(String(incrs));
     const status = await cluster.status();
     expect(status.vms[0]).toMatchObject({ generation: 2, state: "unprotected" });
   });
