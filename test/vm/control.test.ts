@@ -236,6 +236,35 @@ describe("control entries", () => {
     expect(replay.digest).toBe(result.digest);
   });
 
+  it("an FT primary's Progress controls pace a busy guest's log and replay as no-ops at their counts", async () => {
+    const guest = await watGuest("spin", SPIN);
+    const records: LogRecord[] = [];
+    const progress = countdown(5);
+    const machine = new Machine({
+      mode: "record",
+      module: guest.module,
+      progressMs: 5,
+      onRecords: (batch) => {
+        records.push(...batch);
+        for (const r of batch) if (r.kind === RecordKind.Control && r.a === ControlKind.Progress) progress.hit();
+      },
+    });
+    // A spinning guest logs nothing by itself: every record after its one output is Progress.
+    await progress.reached;
+    machine.control(ControlKind.PowerOff);
+    const result = await machine.done;
+    expect(result.stop, result.message ?? "").toBe("poweroff");
+    const paced = controls(records).filter((r) => r.a === ControlKind.Progress);
+    expect(paced.length).toBeGreaterThanOrEqual(5);
+    expect(paced.every((r, i) => i === 0 || r.icount > paced[i - 1]!.icount)).toBe(true);
+
+    // Replayed, they are points the backup may run to and nothing more: same counts, same state.
+    const replay = await new Machine({ mode: "replay", module: guest.module, replay: recordsSource(records) }).done;
+    expect(replay.stop, replay.message ?? "").toBe("poweroff");
+    expect(replay.icount).toBe(result.icount);
+    expect(replay.digest).toBe(result.digest);
+  });
+
   it("a stop request ends a paused VM, and the log replays", async () => {
     const guest = loadGuest("counter");
     const records: LogRecord[] = [];
