@@ -5,15 +5,15 @@
 import { createHash } from "node:crypto";
 import type { WebSocket } from "ws";
 import { ControlKind } from "../../protocol/records.js";
-import { SwitchNic } from "../devices/switch-nic.js";
 import { RemoteDisk } from "../devices/remote-disk.js";
+import { SwitchNic } from "../devices/switch-nic.js";
 import type { Logger } from "../log.js";
 import type { StorageClient } from "../storage/client.js";
 import { storageArbiter } from "../ft/arbiter.js";
 import { BackupDriver, type BackupStatus } from "../ft/backup-driver.js";
 import { PrimaryDriver, type PrimaryStatus, type VmDevices } from "../ft/primary-driver.js";
 import { loadGuest } from "../vm/guest.js";
-import { openDisk } from "../vm/machine.js";
+import { type NicFactory, openDisk } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import { ApiError } from "./http.js";
 import type { ControlRequest, VmSpec } from "./vm-spec.js";
@@ -85,23 +85,7 @@ export class HostedVm {
       diskBlocks: spec.diskBlocks,
       disk,
       listen: (port) => ({ host: context.bind, port: spec.ports[String(port)] ?? 0 }),
-      nic:
-        spec.switchUrl === undefined
-          ? undefined
-          : (deliver) =>
-              new SwitchNic(
-                {
-                  url: spec.switchUrl!,
-                  vm: spec.vm,
-                  host: context.hostId,
-                  token: context.token ?? undefined,
-                  generation: () => now().generation,
-                  onError: (message) => context.log.warn("switch link", { ...now(), error: message }),
-                  onListening: (port) => context.log.info("guest port listening", { ...now(), port, address: "switch", event: "listening" }),
-                  onLink: (up, detail) => context.log.info(up ? "switch link up" : "switch link down", { ...now(), detail, event: up ? "switchLinkUp" : "switchLinkDown" }),
-                },
-                deliver,
-              ),
+      nic: spec.switchUrl === undefined ? undefined : switchNic(spec.switchUrl, context, now),
       onListening: (port, address) => {
         const where = `${address.host}:${address.port}`;
         if (vm !== null) vm.ports[String(port)] = where;
@@ -131,7 +115,7 @@ export class HostedVm {
         : new BackupDriver({ ...common, ownListener: false });
     vm = new HostedVm(spec, driver, moduleHash);
     void vm.done.then((result) => {
-      context.log.info("vm stopped", { ...fields, event: "stopped", stop: result.stop, message: result.message, icount: result.icount });
+      context.log.info("vm stopped", { ...now(), event: "stopped", stop: result.stop, message: result.message, icount: result.icount });
     });
     context.log.info("vm started", { ...fields, generation: spec.generation, role: spec.role, guest: spec.guest, event: "started" });
     return vm;
@@ -177,6 +161,25 @@ export class HostedVm {
   status(): VmStatus {
     return { vm: this.spec.vm, guest: this.spec.guest, ...this.driver.status(), ports: { ...this.ports }, result: this.result };
   }
+}
+
+/** The NIC of a VM whose clients come through a switch, logging as the VM does. */
+function switchNic(url: string, context: HostContext, now: () => { vm: string; generation: number }): NicFactory {
+  return (deliver) =>
+    new SwitchNic(
+      {
+        url,
+        vm: now().vm,
+        host: context.hostId,
+        token: context.token ?? undefined,
+        generation: () => now().generation,
+        onError: (message) => context.log.warn("switch link", { ...now(), error: message }),
+        onListening: (port) => context.log.info("guest port listening", { ...now(), port, address: "switch", event: "listening" }),
+        onLink: (up, detail) =>
+          context.log.info(up ? "switch link up" : "switch link down", { ...now(), detail, event: up ? "switchLinkUp" : "switchLinkDown" }),
+      },
+      deliver,
+    );
 }
 
 function withModule(url: string, moduleHash: string): string {
