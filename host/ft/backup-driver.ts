@@ -14,6 +14,7 @@ import type { Arbiter } from "./arbiter.js";
 import { type BackupState, BackupCore } from "./backup.js";
 import { Channel, listenForChannels } from "./channel.js";
 import { TICK_MS, timeoutTicksFor } from "./config.js";
+import { SilenceMeter } from "./silence.js";
 import type { PrimaryToBackup } from "./messages.js";
 import type { DriverLog, VmDevices } from "./primary-driver.js";
 
@@ -48,6 +49,8 @@ export interface BackupStatus {
   receivedSeq: bigint;
   replayedSeq: bigint;
   channelOpen: boolean;
+  /** The longest silence from the peer while paired, in ms (against the failure timeout). */
+  silenceMsMax: number;
 }
 
 /** Records in order for the replaying vCPU; `end()` once the log is complete (go-live). */
@@ -89,6 +92,7 @@ export class BackupDriver {
   private vcpuLive = false;
   private liveGeneration: number | null = null;
   private icount = 0n;
+  private readonly silence = new SilenceMeter();
   private readonly ticker: NodeJS.Timeout;
   private lastTickMs = performance.now();
   private readonly log: DriverLog;
@@ -159,6 +163,8 @@ export class BackupDriver {
             if (this.options.token !== undefined && !sameSecret(message.token, this.options.token)) return channel.reject("wrong token");
             greeted = true;
           }
+          if (this.core.state === "replaying") this.silence.heard(performance.now());
+          else this.silence.stop();
           this.core.receive(message as PrimaryToBackup);
           this.pump();
         },
@@ -172,6 +178,7 @@ export class BackupDriver {
     );
     this.channel = channel;
     this.core.channelUp();
+    this.silence.connected(performance.now());
     this.pump();
   }
 
@@ -190,6 +197,7 @@ export class BackupDriver {
       receivedSeq: position.receivedSeq,
       replayedSeq: position.replayedSeq,
       channelOpen: this.channel?.open ?? false,
+      silenceMsMax: this.silence.longestMs,
     };
   }
 

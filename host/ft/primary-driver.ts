@@ -10,6 +10,7 @@ import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
 import { Channel, connectChannel } from "./channel.js";
 import { TICK_MS, timeoutTicksFor } from "./config.js";
+import { SilenceMeter } from "./silence.js";
 import { LagClock } from "./lag-clock.js";
 import type { BackupToPrimary } from "./messages.js";
 import { PrimaryCore, type PrimaryState } from "./primary.js";
@@ -71,6 +72,8 @@ export interface PrimaryStatus {
   cpuShare: number;
   paused: boolean;
   channelOpen: boolean;
+  /** The longest silence from the peer while paired, in ms (against the failure timeout). */
+  silenceMsMax: number;
   /** Bytes sent on the logging channel since this VM started, over every connection. */
   logBytesSent: number;
   /** How long the Output Rule held the last outputs (up to HOLD_SAMPLES), in ms. */
@@ -90,6 +93,7 @@ export class PrimaryDriver {
   private lastLagUpdateMs = performance.now();
   private readonly lag = new LagClock();
   private icount = 0n;
+  private readonly silence = new SilenceMeter();
   private cpuShare = 1;
   private lagIcountNow = 0n;
   /** The core's state at the last pump: transitions happen inside tick() and receive(). */
@@ -172,6 +176,7 @@ export class PrimaryDriver {
       cpuShare: this.cpuShare,
       paused: this.core.guestPaused,
       channelOpen: this.channel.open,
+      silenceMsMax: this.silence.longestMs,
       logBytesSent: this.bytesSentBefore + this.channel.bytesSent,
       outputHoldMsP50: this.holdPercentile(0.5),
       outputHoldMsP99: this.holdPercentile(0.99),
@@ -218,9 +223,12 @@ export class PrimaryDriver {
       {
         open: () => {
           this.core.channelUp();
+          this.silence.connected(performance.now());
           this.pump();
         },
         message: (message) => {
+          if (this.core.state === "paired") this.silence.heard(performance.now());
+          else this.silence.stop();
           this.core.receive(message as BackupToPrimary);
           this.pump();
         },

@@ -83,6 +83,11 @@ describe("a host under hostile clients and peers", () => {
     expect(tickGaps(cluster.ticks())).toEqual([]);
     const status = await cluster.status();
     expect(status.vms[0]).toMatchObject({ state: "protected", generation: 1 });
+    // Both sides heard their peer all along: silences were measured, none reached the timeout.
+    for (const side of [status.vms[0]!.primary!, status.vms[0]!.backup!]) {
+      expect(side.silenceMsMax).toBeGreaterThan(0);
+      expect(side.silenceMsMax).toBeLessThan(1000);
+    }
     expect(status.hosts.map((h) => h.state)).toEqual(["up", "up"]);
     expect(status.events.map((e) => e.event)).not.toContain("failureDetected");
   });
