@@ -6,6 +6,7 @@
 //                                  icount, lag, sent/acked seqs, held outputs), every host,
 //                                  and recent events (failure detected, went live, halted, ...)
 //   POST /api/vms/:vm/control      forwarded to the VM's current primary
+//   POST /api/hosts/:id/network    {"connected": false|true}: cut a host off, or join it again
 //
 // The hosts' JSON log lines are copied to this process's stderr with the host's id added.
 
@@ -227,6 +228,7 @@ export class EmbeddedCluster {
       url: h.url,
       state: !h.child.alive ? "dead" : h.responsive ? "up" : "unresponsive",
       storageReachable: h.last?.storageReachable ?? null,
+      connected: h.last?.connected ?? null,
       vms: (h.responsive && h.child.alive ? (h.last?.vms ?? []) : []).map((vm) => ({ vm: vm.vm, role: vm.role, state: vm.state })),
     }));
     const names = new Set(this.hosts.flatMap((h) => (h.last?.vms ?? []).map((vm) => vm.vm)));
@@ -396,6 +398,12 @@ export class EmbeddedCluster {
         if (primary === null) throw new ApiError("UNAVAILABLE", `${control[1]} has no live primary`);
         const host = this.hosts.find((h) => h.id === primary.host)!;
         return sendJson(res, 202, await this.callHost(host, "POST", `/api/vms/${control[1]}/control`, body));
+      }
+      const network = /^\/api\/hosts\/([^/]+)\/network$/.exec(url.pathname);
+      if (req.method === "POST" && network !== null) {
+        const host = this.hosts.find((h) => h.id === network[1]);
+        if (host === undefined || !host.child.alive) throw new ApiError("NOT_FOUND", `no running host ${network[1]}`);
+        return sendJson(res, 200, await this.callHost(host, "POST", "/api/network", await readJson(req)));
       }
       throw new ApiError("NOT_FOUND", `no route ${req.method} ${url.pathname}`);
     } catch (error) {

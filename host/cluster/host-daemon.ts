@@ -5,6 +5,9 @@
 //   POST   /api/vms                 start a VM (VmSpec); a backup first, then its primary
 //   POST   /api/vms/:vm/control     power-off, pause, resume, memory-max (control entries, §3.3)
 //   DELETE /api/vms/:vm             stop the VM here and forget it
+//   POST   /api/network             {"connected": false}: cut this host off from its peers
+//                                   (a partition: its VMs lose channels, switch and storage);
+//                                   {"connected": true} joins again
 //   WS     /channel/:vm?module=HEX  the logging channel of a backup VM on this host
 //
 // Loopback by default; any other bind address needs a token, which every API request carries
@@ -14,9 +17,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer } from "ws";
+import { z } from "zod";
 import { FRAME_BYTES_MAX } from "../../protocol/codec.js";
 import { LockstepError } from "../errors.js";
 import type { Logger } from "../log.js";
+import { NetworkGate } from "../network-gate.js";
 import type { StorageClient } from "../storage/client.js";
 import { ApiError, checkToken, isLoopback, readJson, sendError, sendJson } from "./http.js";
 import { type HostContext, HostedVm, type VmStatus } from "./hosted-vm.js";
@@ -39,8 +44,12 @@ export interface HostStatus {
   pid: number;
   url: string;
   storageReachable: boolean;
+  /** False while an operator has cut this host off (POST /api/network). */
+  connected: boolean;
   vms: VmStatus[];
 }
+
+const NetworkSchema = z.object({ connected: z.boolean() }).strict();
 
 export class HostDaemon {
   private readonly vms = new Map<string, HostedVm>();
@@ -52,7 +61,13 @@ export class HostDaemon {
     private readonly server: Server,
     readonly url: string,
   ) {
-    this.context = { hostId: options.id, bind: options.bind, storage: options.storage, token: options.token, log: options.log };
+    const network = new NetworkGate();
+    network.onChange((connected) => {
+      options.storage.setCutOff(!connected);
+      // Every logging channel this host accepted goes with the cut, as on a real partition.
+      if (!connected) for (const socket of this.channels.clients) socket.terminate();
+    });
+    this.context = { hostId: options.id, bind: options.bind, storage: options.storage, token: options.token, log: options.log, network };
   }
 
   static async start(options: HostDaemonOptions): Promise<HostDaemon> {
@@ -79,6 +94,7 @@ export class HostDaemon {
       pid: process.pid,
       url: this.url,
       storageReachable: this.options.storage.reachable,
+      connected: this.context.network.connected,
       vms: [...this.vms.values()].map((vm) => vm.status()),
     };
   }
@@ -98,6 +114,13 @@ export class HostDaemon {
       const parts = url.pathname.split("/").filter((p) => p.length > 0);
       if (req.method === "GET" && url.pathname === "/api/status") return sendJson(res, 200, this.status());
       if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startVm(await readJson(req)));
+      if (req.method === "POST" && url.pathname === "/api/network") {
+        const parsed = NetworkSchema.safeParse(await readJson(req));
+        if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+        this.context.network.set(parsed.data.connected);
+        this.options.log.warn(parsed.data.connected ? "network joined again" : "network cut off", { event: parsed.data.connected ? "networkJoined" : "networkCut" });
+        return sendJson(res, 200, { connected: parsed.data.connected });
+      }
       if (parts.length >= 3 && parts[0] === "api" && parts[1] === "vms") {
         const vm = this.vmNamed(parts[2]!);
         if (req.method === "POST" && parts[3] === "control" && parts.length === 4) {
@@ -150,6 +173,7 @@ export class HostDaemon {
       this.options.log.warn("logging channel refused", { vm: match?.[1] ?? null, reason, peer: req.socket.remoteAddress });
       socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-type: text/plain\r\n\r\n${reason}\n`);
     };
+    if (!this.context.network.connected) return refuse("503 Service Unavailable", "this host is cut off from the network");
     if (vm === undefined || !vm.running || vm.spec.role !== "backup") return refuse("404 Not Found", `no backup VM at ${url.pathname}`);
     const module = url.searchParams.get("module");
     if (module !== vm.moduleHash) {

@@ -8,6 +8,7 @@ import { ControlKind } from "../../protocol/records.js";
 import { RemoteDisk } from "../devices/remote-disk.js";
 import { SwitchNic } from "../devices/switch-nic.js";
 import type { Logger } from "../log.js";
+import type { NetworkGate } from "../network-gate.js";
 import type { StorageClient } from "../storage/client.js";
 import { storageArbiter } from "../ft/arbiter.js";
 import { BackupDriver, type BackupStatus } from "../ft/backup-driver.js";
@@ -27,6 +28,8 @@ export interface HostContext {
   storage: StorageClient;
   /** The shared secret of the logging channel, if any. */
   token: string | null;
+  /** The host's network, which an operator may cut (network-gate.ts). */
+  network: NetworkGate;
   log: Logger;
 }
 
@@ -103,6 +106,7 @@ export class HostedVm {
       hostId: context.hostId,
       generation: spec.generation,
       timeoutMs: spec.timeoutMs,
+      network: context.network,
       module: guest.module,
       arbiter: storageArbiter(context.storage),
       token: context.token ?? undefined,
@@ -172,6 +176,7 @@ function switchNic(url: string, context: HostContext, now: () => { vm: string; g
         vm: now().vm,
         host: context.hostId,
         token: context.token ?? undefined,
+        network: context.network,
         generation: () => now().generation,
         onError: (message) => context.log.warn("switch link", { ...now(), error: message }),
         onListening: (port) => context.log.info("guest port listening", { ...now(), port, address: "switch", event: "listening" }),

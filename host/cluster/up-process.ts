@@ -140,6 +140,12 @@ export class UpProcess {
     return fetch(`${ready.url}/api/vms/${vm}/control`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   }
 
+  /** Cuts a host off from its peers (connected false), or joins it again. */
+  async network(host: string, connected: boolean): Promise<Response> {
+    const ready = await this.ready;
+    return fetch(`${ready.url}/api/hosts/${host}/network`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ connected }) });
+  }
+
   /** Ctrl-C, as a user stops it. */
   async stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGINT");
@@ -167,7 +173,7 @@ export interface SideStatus {
 
 export interface ClusterStatus {
   storage: { url: string; pid: number; state: string } | null;
-  hosts: { id: string; pid: number; state: string; storageReachable: boolean | null; vms: { vm: string; role: string; state: string }[] }[];
+  hosts: { id: string; pid: number; state: string; storageReachable: boolean | null; connected: boolean | null; vms: { vm: string; role: string; state: string }[] }[];
   vms: { vm: string; generation: number | null; state: string; primary: SideStatus | null; backup: SideStatus | null }[];
   events: { host: string; event: string; vm: string | null; generation: number | null; msg: string }[];
 }

@@ -18,6 +18,7 @@
 
 import { EventKind } from "../../protocol/records.js";
 import { CONNECTIONS_MAX, RX_BUFFER_BYTES_MAX, TX_WINDOW_BYTES } from "../vm/limits.js";
+import type { NetworkGate } from "../network-gate.js";
 import type { NicDevice } from "../vm/machine.js";
 import type { DeviceEvent, StreamPosition } from "../vm/messages.js";
 import { SwitchLink, type LinkStream } from "../switch/link-client.js";
@@ -38,6 +39,8 @@ export interface SwitchNicOptions {
   onError: (message: string) => void;
   /** The guest listens on this port: the switch now sends it its service's clients. */
   onListening?: (virtualPort: number) => void;
+  /** The host's network: while cut off, no link (network-gate.ts). */
+  network?: NetworkGate;
   /** A link state change, for logs and status. */
   onLink?: (up: boolean, detail: string) => void;
 }
@@ -68,10 +71,17 @@ export class SwitchNic implements NicDevice {
   private link: SwitchLink | null = null;
   private shuttingDown = false;
 
+  private readonly unsubscribe: (() => void) | undefined;
+
   constructor(
     private readonly options: SwitchNicOptions,
     private readonly deliver: (event: DeviceEvent) => void,
-  ) {}
+  ) {
+    this.unsubscribe = options.network?.onChange((connected) => {
+      if (!connected) this.link?.terminate();
+      else if (this.listening.size > 0 || this.open.size > 0) this.connect();
+    });
+  }
 
   listen(virtualPort: number): void {
     if (this.listening.has(virtualPort)) return;
@@ -121,6 +131,7 @@ export class SwitchNic implements NicDevice {
 
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
+    this.unsubscribe?.();
     this.link?.terminate();
     this.link = null;
     this.open.clear();
@@ -129,7 +140,7 @@ export class SwitchNic implements NicDevice {
   // ---- the link ------------------------------------------------------------------------------
 
   private connect(): void {
-    if (this.shuttingDown || this.link !== null) return;
+    if (this.shuttingDown || this.link !== null || this.options.network?.connected === false) return;
     const streams: LinkStream[] = [...this.open].map(([stream, s]) => ({ stream, rx: s.rx, tx: s.tx, credit: s.credit + s.creditPending }));
     const link = new SwitchLink({
       url: this.options.url,

@@ -7,6 +7,7 @@
 import type { WebSocket, WebSocketServer } from "ws";
 import type { LogRecord } from "../../protocol/records.js";
 import type { InstrumentedModule } from "../instrument/index.js";
+import type { NetworkGate } from "../network-gate.js";
 import { sameSecret } from "../secret.js";
 import { Machine, type ReplaySource } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
@@ -27,6 +28,8 @@ export interface BackupDriverOptions {
   generation?: number;
   /** Silence after which the peer is declared failed (default 1000 ms; docs/ft-protocol.md). */
   timeoutMs?: number;
+  /** The host's network: while cut off, no logging channel (network-gate.ts). */
+  network?: NetworkGate;
   token?: string;
   /**
    * Listen for the logging channel on a WebSocket server of its own (at host:port, loopback by
@@ -138,7 +141,9 @@ export class BackupDriver {
             },
           );
     this.ticker = setInterval(() => this.tick(), TICK_MS);
+    const unsubscribe = options.network?.onChange((connected) => connected || this.channel?.terminate());
     this.done = this.machine.done.finally(() => {
+      unsubscribe?.();
       clearInterval(this.ticker);
       this.channel?.terminate();
       this.server?.close();
@@ -147,6 +152,10 @@ export class BackupDriver {
 
   /** A logging-channel connection from the primary. One at a time; none once live. */
   accept(socket: WebSocket): void {
+    if (this.options.network?.connected === false) {
+      socket.close(1008, "this host is cut off from the network");
+      return;
+    }
     if (this.channel?.open || this.liveGeneration !== null) {
       socket.close(1008, "this backup already has a primary");
       return;

@@ -4,6 +4,7 @@
 
 import type { ControlKind } from "../../protocol/records.js";
 import { FAILPOINT_LOG_DELAY_MS, failpoint } from "../failpoints.js";
+import type { NetworkGate } from "../network-gate.js";
 import type { InstrumentedModule } from "../instrument/index.js";
 import { Machine, type MachineOptions } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
@@ -49,6 +50,8 @@ export interface PrimaryDriverOptions {
   generation?: number;
   /** Silence after which the peer is declared failed (default 1000 ms; docs/ft-protocol.md). */
   timeoutMs?: number;
+  /** The host's network: while cut off, no logging channel (network-gate.ts). */
+  network?: NetworkGate;
   token?: string;
   /** The guest's devices: listen addresses, disk, console. */
   devices?: VmDevices;
@@ -139,8 +142,10 @@ export class PrimaryDriver {
       },
     });
     this.channel = this.connect();
+    const unsubscribe = options.network?.onChange((connected) => (connected ? this.reconnect() : this.channel.terminate()));
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.done = this.machine.done.finally(() => {
+      unsubscribe?.();
       this.ended = true;
       clearInterval(this.ticker);
       this.channel.terminate();
@@ -213,6 +218,7 @@ export class PrimaryDriver {
 
   private reconnect(): void {
     if (this.ended || this.core.state !== "paired" || this.channel.open) return;
+    if (this.options.network?.connected === false) return;
     this.bytesSentBefore += this.channel.bytesSent;
     this.channel = this.connect();
   }

@@ -138,6 +138,7 @@ export class StorageClient {
   private pongPending = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private reconnectFailures = 0;
+  private cutOff = false;
   private closeWaiter: Promise<void> | null = null;
 
   private readonly pending = new Map<number, Call>();
@@ -264,6 +265,22 @@ export class StorageClient {
   async readGeneration(vm: string): Promise<GenerationOwner | null> {
     const response = await this.call(Op.ReadGeneration, vm, 0, 0, "", EMPTY);
     return response.value === 0 ? null : { generation: response.value, owner: response.text };
+  }
+
+  /**
+   * Cut off (NetworkGate): the connection is dropped and not made again, and requests fail
+   * UNREACHABLE, until this is called with false.
+   */
+  setCutOff(cutOff: boolean): void {
+    if (cutOff === this.cutOff || this.stateNow === "closed") return;
+    this.cutOff = cutOff;
+    if (cutOff) {
+      this.drop("this host is cut off from the network");
+      if (this.ws === null) this.stopTimers();
+    } else if (this.ws === null) {
+      this.stopTimers();
+      this.open();
+    }
   }
 
   /** Fails everything pending with CLOSED, stops reconnecting, closes the connection. */
@@ -501,6 +518,7 @@ export class StorageClient {
       return;
     }
     if (this.stateNow === "ready") this.setState("unreachable", why);
+    if (this.cutOff) return;
     const delay = Math.min(this.options.reconnectMaxMs, this.options.reconnectMinMs * 2 ** Math.min(this.reconnectFailures, 30));
     this.reconnectFailures++;
     // Jitter in [delay/2, delay]: hosts that lost the same server do not return in lockstep.

@@ -132,7 +132,8 @@ function check(history: History): { linearizable: boolean | "unknown"; counters:
   return { linearizable: linear.ok, counters: counters.ok, report };
 }
 
-type Fault = "kill" | "pause";
+/** kill -9 of the primary's host; SIGSTOP past the timeout, then SIGCONT; its network cut, then joined again. */
+type Fault = "kill" | "pause" | "cut";
 
 /**
  * The whole run: a cluster (with `env` for its hosts), the workload, the fault once
@@ -148,10 +149,12 @@ async function historyUnderFault(seed: number, fault: Fault, env: Record<string,
   const vm = ready.vms[0]!;
   const pid = ready.hosts.find((h) => h.id === vm.primary)!.pid;
   const from = cluster.seen;
-  process.kill(pid, fault === "kill" ? "SIGKILL" : "SIGSTOP");
+  if (fault === "cut") expect((await cluster.network(vm.primary, false)).status).toBe(200);
+  else process.kill(pid, fault === "kill" ? "SIGKILL" : "SIGSTOP");
   await cluster.event((l) => l.event === "wentLive" && l.host === vm.backup, "the backup going live", from);
-  if (fault === "pause") {
-    process.kill(pid, "SIGCONT");
+  if (fault !== "kill") {
+    if (fault === "pause") process.kill(pid, "SIGCONT");
+    else expect((await cluster.network(vm.primary, true)).status).toBe(200);
     await cluster.event((l) => l.event === "halted" && l.host === vm.primary, "the stale primary halting", from);
   }
   await workload.done;
@@ -171,6 +174,13 @@ describe("checked histories of kv under failover", () => {
     const { result } = await historyUnderFault(2, "pause");
     expect(result.linearizable, result.report).toBe(true);
     expect(result.counters, result.report).toBe(true);
+  });
+
+  it("the primary's host cut off from the network, then joined again: the backup takes over, the old primary halts, the history checks", async () => {
+    const { result, history } = await historyUnderFault(4, "cut");
+    expect(result.linearizable, result.report).toBe(true);
+    expect(result.counters, result.report).toBe(true);
+    expect(history.operations.filter((o) => o.outcome?.type === "unknown"), "connections the switch dropped").toEqual([]);
   });
 
   it("catches the lost writes of a build that breaks the Output Rule (failpoint release-before-ack)", async () => {

@@ -73,6 +73,28 @@ describe("reconnecting", () => {
     await second.server.kill("SIGTERM");
   });
 
+  it("cut off (a host's network gate), it drops the connection and does not come back until joined again", async () => {
+    const server = await StorageProcess.start({ dir: tempDir("cutoff") });
+    const storage = await client(server.url);
+    await storage.openDisk("kv", 16);
+    await storage.write("kv", 1, pattern(1));
+
+    const unreachable = nextState(storage, "unreachable");
+    storage.setCutOff(true);
+    await unreachable;
+    expect((await failure(storage.read("kv", 1, 1))).code).toBe("UNREACHABLE");
+    // The server is there all along: only this client's side is cut. Its retries are off, so
+    // waiting well past the reconnect backoff (2 s at most) finds it still unreachable.
+    expect((await failure(storage.waitReachable(2_500))).code).toBe("UNREACHABLE");
+
+    const ready = nextState(storage, "ready");
+    storage.setCutOff(false);
+    await ready;
+    expect(Buffer.compare(await storage.read("kv", 1, 1), pattern(1))).toBe(0);
+    await storage.close();
+    await server.server.kill("SIGTERM");
+  });
+
   it("a request with no answer times out, and the suspect connection is replaced", async () => {
     const { server, url } = await StorageProcess.start({ dir: tempDir("timeout") });
     const storage = await client(url, { requestTimeoutMs: 300, keepaliveMs: 60_000 });
