@@ -9,7 +9,7 @@ import { ControlKind, InputKind, RecordKind, type LogRecord } from "../../protoc
 import { loadGuest, type Guest } from "../../host/vm/guest.js";
 import { Machine, recordsSource } from "../../host/vm/machine.js";
 import type { VmSnapshot } from "../../host/vm/snapshot.js";
-import { tempDir } from "../helpers/cli.js";
+import { ROOT, tempDir } from "../helpers/cli.js";
 import { watFile } from "../helpers/wat.js";
 
 const controls = (records: LogRecord[]) => records.filter((r) => r.kind === RecordKind.Control);
@@ -21,6 +21,11 @@ function countdown(count: number): { hit: () => void; reached: Promise<void> } {
   let resolve!: () => void;
   const reached = new Promise<void>((r) => (resolve = r));
   return { hit: () => --left === 0 && resolve(), reached };
+}
+
+/** test/fixtures/guests/spin.wat: prints a line, then never idles. */
+async function spinGuest(): Promise<Guest> {
+  return loadGuest(await watFile(path.join(ROOT, "test/fixtures/guests/spin.wat"), tempDir("spin")));
 }
 
 async function watGuest(name: string, text: string): Promise<Guest> {
@@ -44,20 +49,6 @@ const GROW_ON_TICK = `
       (then (call $timer_set (i32.const 0))))))
 `;
 
-// Never idle: every delivery point is a checkpoint inside the loop.
-const SPIN = `
-(module
-  (import "lockstep" "console_write" (func $write (param i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "spinning\\n")
-  (global $n (mut i64) (i64.const 0))
-  (func (export "_start"))
-  (func (export "main")
-    (call $write (i32.const 0) (i32.const 9))
-    (loop $spin
-      (global.set $n (i64.add (global.get $n) (i64.const 1)))
-      (br $spin))))
-`;
 
 describe("control entries", () => {
   it("counter: pause, resume, memory-max and power-off are logged in order and replayed", async () => {
@@ -206,7 +197,7 @@ describe("control entries", () => {
   });
 
   it("controls at checkpoints of a busy guest replay at the same counts", async () => {
-    const guest = await watGuest("spin", SPIN);
+    const guest = await spinGuest();
     const records: LogRecord[] = [];
     const machine = new Machine({
       mode: "record",
@@ -237,7 +228,7 @@ describe("control entries", () => {
   });
 
   it("an FT primary's Progress controls pace a busy guest's log and replay as no-ops at their counts", async () => {
-    const guest = await watGuest("spin", SPIN);
+    const guest = await spinGuest();
     const records: LogRecord[] = [];
     const progress = countdown(5);
     const machine = new Machine({

@@ -3,42 +3,17 @@
 // a quarter: the throttled one gets far fewer instructions done. The bound is loose on purpose
 // (a noisy 2-core machine); measured, a quarter share reaches 0.10-0.21 of the full one's count.
 
-import fs from "node:fs";
 import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { loadGuest, type Guest } from "../../host/vm/guest.js";
 import { Machine } from "../../host/vm/machine.js";
-import { tempDir } from "../helpers/cli.js";
+import { ROOT, tempDir } from "../helpers/cli.js";
 import { watFile } from "../helpers/wat.js";
 
-// The loop's body is a called function, so that V8 tiers it up in both VMs alike: a loop in
-// main itself, which never returns, runs in whichever tier main started in (no OSR for wasm).
-const SPIN = `
-(module
-  (import "lockstep" "console_write" (func $write (param i32 i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "spinning\\n")
-  (global $n (mut i64) (i64.const 0))
-  (func (export "_start"))
-  (func $work
-    (local $i i32)
-    (loop $count
-      (global.set $n (i64.add (global.get $n) (i64.const 1)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $count (i32.lt_u (local.get $i) (i32.const 10000)))))
-  (func (export "main")
-    (call $write (i32.const 0) (i32.const 9))
-    (loop $spin
-      (call $work)
-      (br $spin))))
-`;
 
 async function spinGuest(): Promise<Guest> {
-  const dir = tempDir("cpu-share");
-  const wat = path.join(dir, "spin.wat");
-  fs.writeFileSync(wat, SPIN);
-  return loadGuest(await watFile(wat, dir));
+  return loadGuest(await watFile(path.join(ROOT, "test/fixtures/guests/spin.wat"), tempDir("cpu-share")));
 }
 
 /** A live spinning VM at `share`, and a promise of its first console line (it is running). */
