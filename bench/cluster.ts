@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { UpProcess } from "../host/cluster/up-process.js";
-import { withKvDirect } from "./kv-direct.js";
+import { percentile, redisBenchmark, withKvDirect } from "./kv-load.js";
 import { PROJECT_ROOT } from "../host/vm/guest.js";
 
 /** The default failure timeout (host/ft/config.ts): failover is reported as a multiple of it. */
@@ -35,11 +35,6 @@ export interface ClusterBenchResult {
   failoverMsAll: number[];
 }
 
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
-}
 
 interface PrimaryFigures {
   logBytesSent: number;
@@ -74,21 +69,6 @@ function bitsPerSecond(samples: PrimaryFigures[], seconds: number): number {
   return ((samples.at(-1)!.logBytesSent - samples[0]!.logBytesSent) * 8) / seconds;
 }
 
-/** redis-benchmark against `address`; resolves with requests per second over its tests. */
-function redisBenchmark(address: string, args: string[]): Promise<number> {
-  const port = address.slice(address.lastIndexOf(":") + 1);
-  return new Promise((resolve, reject) => {
-    const child = spawn("redis-benchmark", ["-p", port, "-q", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (c: Buffer) => (out += c.toString()));
-    child.on("error", reject);
-    child.on("close", (code) => {
-      const rates = [...out.matchAll(/([\d.]+) requests per second/g)].map((m) => Number(m[1]));
-      if (code !== 0 || rates.length === 0) reject(new Error(`redis-benchmark failed (${code}): ${out}`));
-      else resolve(rates.reduce((a, b) => a + b, 0) / rates.length);
-    });
-  });
-}
 
 /** redis-benchmark's default 50 clients: enough concurrency that group commit and batched acks pay. */
 const KV_LOAD = ["-t", "set,get,incr", "-n", "30000", "-c", "50"];
@@ -164,9 +144,9 @@ export async function runClusterBench(): Promise<ClusterBenchResult> {
   // kv under redis-benchmark: the receive- and transmit-heavy case, and lag under load.
   const kv = await withCluster(["--guest", "kv", "--no-switch"], async (up) => {
     const address = (await up.ready).vms[0]!.ports["6379"]!;
-    return sampleWhile(up, redisBenchmark(address, KV_LOAD));
+    return sampleWhile(up, redisBenchmark(address, KV_LOAD).then((f) => f.rps));
   });
-  const kvNonFt = await withKvDirect((address) => redisBenchmark(address, KV_LOAD));
+  const kvNonFt = await withKvDirect(async (address) => (await redisBenchmark(address, KV_LOAD)).rps);
 
   const failovers: number[] = [];
   for (let i = 0; i < FAILOVER_RUNS; i++) {

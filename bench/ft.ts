@@ -13,6 +13,7 @@ import { StorageClient } from "../host/storage/client.js";
 import { startStorageServer, type StorageServer } from "../host/storage/server.js";
 import { loadGuest } from "../host/vm/guest.js";
 import { Machine } from "../host/vm/machine.js";
+import { percentile } from "./kv-load.js";
 
 export interface FtBenchResult {
   cpuFtOverNonFt: number;
@@ -23,10 +24,6 @@ export interface FtBenchResult {
   failoverRuns: number;
 }
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
-}
 
 interface Pair {
   primary: PrimaryDriver;

@@ -17,22 +17,18 @@ import { SILENT_LOGGER } from "../host/log.js";
 import { Switch } from "../host/switch/switch.js";
 import { loadGuest } from "../host/vm/guest.js";
 import { Machine } from "../host/vm/machine.js";
-import { withKvDirect } from "./kv-direct.js";
+import { type BenchmarkFigures as Figures, percentile, redisBenchmark, withKvDirect } from "./kv-load.js";
 
 const REQUESTS = 20_000;
 const CLIENTS = 50;
 const PIPELINE = 16;
+const KV_LOAD = ["-t", "set,get,incr", "-n", String(REQUESTS), "-c", String(CLIENTS)];
 const WRITE_WAIT_OPS = 3_000;
 const WRITE_WAIT_CLIENTS = 8;
 const FAILOVER_RUNS = 3;
 /** A user's shorter failure timeout, to show what the gap is made of. */
 const FAST_TIMEOUT_MS = 500;
 
-interface Figures {
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-}
 
 export interface SwitchBenchRow {
   target: string;
@@ -55,36 +51,6 @@ export interface SwitchBenchResult {
   failoverGapMs: number[];
   /** The same with --timeout-ms FAST_TIMEOUT_MS. */
   failoverGapFastMs: number[];
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? NaN;
-}
-
-/** redis-benchmark --csv over SET, GET and INCR: the mean of their rates, the worst p50 and p99. */
-function redisBenchmark(address: string, extra: string[]): Promise<Figures> {
-  const port = address.slice(address.lastIndexOf(":") + 1);
-  const args = ["-p", port, "-t", "set,get,incr", "-n", String(REQUESTS), "-c", String(CLIENTS), "--csv", ...extra];
-  return new Promise((resolve, reject) => {
-    const child = spawn("redis-benchmark", args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (c: Buffer) => (out += c.toString()));
-    child.on("error", reject);
-    child.on("close", (code) => {
-      // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-      const rows = out
-        .split("\n")
-        .filter((line) => /^"(SET|GET|INCR)"/.test(line))
-        .map((line) => line.split(",").map((cell) => Number(cell.replaceAll('"', ""))));
-      if (code !== 0 || rows.length !== 3) return reject(new Error(`redis-benchmark failed (${code}): ${out}`));
-      resolve({
-        rps: rows.reduce((sum, row) => sum + row[1]!, 0) / rows.length,
-        p50Ms: Math.max(...rows.map((row) => row[4]!)),
-        p99Ms: Math.max(...rows.map((row) => row[6]!)),
-      });
-    });
-  });
 }
 
 /** WRITE_WAIT_CLIENTS clients doing SET (then WAIT 1 0 when `wait`), one at a time. */
@@ -112,8 +78,8 @@ async function durableWrites(address: string, wait: boolean): Promise<Figures> {
 async function measure(target: string, address: string, durable: "plain" | "wait" | null): Promise<SwitchBenchRow> {
   return {
     target,
-    plain: await redisBenchmark(address, []),
-    pipelined: await redisBenchmark(address, ["-P", String(PIPELINE)]),
+    plain: await redisBenchmark(address, KV_LOAD),
+    pipelined: await redisBenchmark(address, [...KV_LOAD, "-P", String(PIPELINE)]),
     durableWrite: durable === null ? null : await durableWrites(address, durable === "wait"),
   };
 }
