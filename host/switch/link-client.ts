@@ -16,6 +16,7 @@ import {
   LINK_FRAME_BYTES_MAX,
   LinkType,
   type VmFrame,
+  LINK_CLOSE_POLICY,
 } from "./link-frames.js";
 
 /** A stream as a HELLO names it: client bytes received (`rx`), output produced (`tx`), credit given. */
@@ -35,7 +36,6 @@ export interface SwitchLinkOptions {
   streams?: LinkStream[];
 }
 
-const CLOSE_POLICY = 1008;
 const noop = () => undefined;
 
 /** ws://HOST:PORT/link/VM for a switch URL (ws:// or http://, with or without a trailing slash). */
@@ -198,6 +198,6 @@ export class SwitchLink {
 
   private fail(reason: string): void {
     this.failure ??= reason;
-    this.ws.close(CLOSE_POLICY, reason.slice(0, 120));
+    this.ws.close(LINK_CLOSE_POLICY, reason.slice(0, 120));
   }
 }

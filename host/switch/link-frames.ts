@@ -32,6 +32,8 @@ export const LINK_FRAME_BYTES_MAX = 1 + LINK_HELLO_BYTES_MAX;
 /** Offsets are exact integers in a float64. */
 export const LINK_OFFSET_MAX = Number.MAX_SAFE_INTEGER;
 export const LINK_TOKEN_CHARS_MAX = 256;
+/** WebSocket close code for a link that broke the protocol (RFC 6455: policy violation). */
+export const LINK_CLOSE_POLICY = 1008;
 
 /** Frame types. Values are part of the wire format: never renumber. */
 export enum LinkType {

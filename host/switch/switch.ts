@@ -35,6 +35,7 @@ import {
   LinkType,
   type SwitchFrame,
   type VmFrame,
+  LINK_CLOSE_POLICY,
 } from "./link-frames.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -68,7 +69,6 @@ const CLOSE_GRACE_MS = 1_000;
 const REFUSAL_LOG_MS = 1_000;
 /** A WebSocket close reason is at most 123 bytes. */
 const CLOSE_REASON_BYTES_MAX = 123;
-const CLOSE_POLICY = 1008;
 const CLOSE_GOING_AWAY = 1001;
 const STREAM_ID_MAX = 0xffff_ffff;
 
@@ -540,7 +540,7 @@ export class Switch {
   /** A link peer broke the protocol: one log line, close 1008 with the reason. */
   private violation(link: Link, reason: string, code = "LINK_PROTOCOL"): void {
     this.log.warn("link protocol error", { ...this.linkFields(link), code, reason });
-    this.dropLink(link, CLOSE_POLICY, reason, "warn");
+    this.dropLink(link, LINK_CLOSE_POLICY, reason, "warn");
   }
 
   /**
@@ -582,7 +582,7 @@ export class Switch {
     if (this.token !== null && !sameSecret(hello.token, this.token)) return this.violation(link, "wrong token", "UNAUTHORIZED");
     if (vm.generation !== null && hello.generation < vm.generation) {
       this.log.warn("stale generation refused", { ...this.linkFields(link), code: "STALE_GENERATION", current: vm.generation });
-      return this.dropLink(link, CLOSE_POLICY, `stale generation ${hello.generation}: the VM is at generation ${vm.generation}`, "warn");
+      return this.dropLink(link, LINK_CLOSE_POLICY, `stale generation ${hello.generation}: the VM is at generation ${vm.generation}`, "warn");
     }
     this.pendingLinks--;
     link.phase = "up";
@@ -592,7 +592,7 @@ export class Switch {
     const previousGeneration = vm.generation;
     if (previous !== null) {
       const why = hello.generation > previous.generation! ? `superseded by generation ${hello.generation}` : "replaced by a reconnect of the same generation";
-      this.dropLink(previous, CLOSE_POLICY, why, "info");
+      this.dropLink(previous, LINK_CLOSE_POLICY, why, "info");
     }
     vm.link = link;
     vm.generation = hello.generation;
