@@ -811,7 +811,7 @@ export class Vcpu {
   }
 
   private log(kind: RecordKind, icount: bigint, a: number, b: number, value: bigint, data?: Uint8Array): void {
-    this.loggedAtMs = performance.now();
+    if (this.boot.progressMs !== null) this.loggedAtMs = performance.now();
     this.batch.push({ kind, seq: BigInt(this.seq), icount, a, b, value, data: data ?? EMPTY_BYTES });
     this.seq++;
     if (this.batch.length >= LOG_BATCH_RECORDS_MAX) this.flushLog();
