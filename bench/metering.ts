@@ -140,7 +140,7 @@ export function bench_alloc(n: i32): i64 {
 }
 `;
 
-function projectRoot(): string {
+export function projectRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let depth = 0; depth < 8; depth++) {
     if (existsSync(join(dir, "package.json"))) return dir;
@@ -149,7 +149,7 @@ function projectRoot(): string {
   throw new Error("bench/metering: project root (package.json) not found");
 }
 
-function loadGuest(root: string): { name: string; wasm: Uint8Array } {
+export function loadGuest(root: string): { name: string; wasm: Uint8Array } {
   const built = join(root, "build", "guests", "cpu.wasm");
   // LS_BENCH_STAND_IN=1 forces the embedded stand-in (to compare, or to check the fallback).
   if (existsSync(built) && process.env.LS_BENCH_STAND_IN !== "1") return { name: "build/guests/cpu.wasm", wasm: readFileSync(built) };
@@ -168,7 +168,7 @@ function loadGuest(root: string): { name: string; wasm: Uint8Array } {
 
 // --- the host -------------------------------------------------------------------------------
 
-interface Guest {
+export interface Guest {
   call(name: Workload, n: number): bigint;
   /** Metered guests only: instructions and checkpoints since the last reset. */
   meter?: { icount(): bigint; checkpoints(): number; reset(): void };
@@ -189,7 +189,7 @@ function stubImports(): Record<string, Record<string, (...args: number[]) => num
   return imports;
 }
 
-async function instantiate(wasm: Uint8Array, metered: boolean): Promise<Guest> {
+export async function instantiate(wasm: Uint8Array, metered: boolean): Promise<Guest> {
   const imports = stubImports();
   let memory: WebAssembly.Memory | undefined;
   let deadline = 0n;
@@ -203,6 +203,8 @@ async function instantiate(wasm: Uint8Array, metered: boolean): Promise<Guest> {
       deadline = now + SLICE_INSTRUCTIONS;
       fuel!.value = now - deadline;
     };
+    // Loop headers of a module built for unwinding (never unwound here).
+    imports.lockstep!.checkpoint_unwind = imports.lockstep!.checkpoint;
     imports.lockstep!.memory_grow = (delta: number): number => {
       try {
         return memory!.grow(delta);
@@ -236,7 +238,7 @@ async function instantiate(wasm: Uint8Array, metered: boolean): Promise<Guest> {
   };
 }
 
-function median(values: number[]): number {
+export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
@@ -248,7 +250,7 @@ function median(values: number[]): number {
  * --no-liftoff nothing compiles in the background during a call; the GC's helper threads are the
  * only other CPU users, and they serve both sides alike.
  */
-function timeCall(guest: Guest, name: Workload, n: number): { ms: number; result: bigint } {
+export function timeCall(guest: Guest, name: Workload, n: number): { ms: number; result: bigint } {
   const start = process.cpuUsage();
   const result = guest.call(name, n);
   const used = process.cpuUsage(start);
@@ -256,7 +258,7 @@ function timeCall(guest: Guest, name: Workload, n: number): { ms: number; result
 }
 
 /** Grows n until a raw call takes CALL_MS_TARGET. fib is exponential in n: step by one there. */
-function calibrate(raw: Guest, name: Workload): number {
+export function calibrate(raw: Guest, name: Workload): number {
   let n = name === "bench_fib" ? 20 : 1000;
   for (let step = 0; step < CALIBRATION_STEPS_MAX; step++) {
     const { ms } = timeCall(raw, name, n);

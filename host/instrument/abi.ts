@@ -45,6 +45,20 @@ export const ALLOWED_IMPORTS: ReadonlyMap<string, ReadonlyMap<string, ImportSign
 /** Added by the instrumentation; a guest declaring them itself is refused. */
 export const INJECTED_MODULE = "lockstep";
 export const CHECKPOINT_IMPORT = "checkpoint"; // () -> ()
+/**
+ * The same as checkpoint, at loop headers, when the module is built for unwinding
+ * (docs/snapshots.md): binaryen's asyncify lets the host unwind the guest's stack from inside
+ * this import (and only this one), to snapshot it mid-computation.
+ */
+export const CHECKPOINT_UNWIND_IMPORT = "checkpoint_unwind"; // () -> ()
+/** Exports asyncify adds, by which the host unwinds and rewinds the stack. */
+export const ASYNCIFY_EXPORTS = {
+  startUnwind: "asyncify_start_unwind", // (data_ptr: i32) -> ()
+  stopUnwind: "asyncify_stop_unwind", // () -> ()
+  startRewind: "asyncify_start_rewind", // (data_ptr: i32) -> ()
+  stopRewind: "asyncify_stop_rewind", // () -> ()
+  getState: "asyncify_get_state", // () -> i32: 0 normal, 1 unwinding, 2 rewinding
+} as const;
 export const MEMORY_GROW_IMPORT = "memory_grow"; // (delta_pages: i32) -> i32
 
 /** The counter global: icount - deadline, an i64. */

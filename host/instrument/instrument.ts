@@ -11,7 +11,7 @@ import { checkInput, checkOutput } from "./wabt.js";
  * Part of the cache key. Primary and backup must run the same version: counts are only
  * comparable between modules instrumented the same way.
  */
-export const INSTRUMENTER_VERSION = "lockstep-instrument-2";
+export const INSTRUMENTER_VERSION = "lockstep-instrument-3";
 
 export interface InstrumentedModule {
   /** Instrumented binary, validated with wabt after rewriting. */
@@ -29,6 +29,8 @@ export const DEFAULT_OPTIONS: MeterOptions = {
   shrinkLevel: 0,
   nan: "sinks",
   validateIr: false,
+  unwind: "loops",
+  unwindPasses: [],
 };
 
 export function sha256Hex(bytes: Uint8Array): string {

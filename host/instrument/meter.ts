@@ -20,7 +20,7 @@
 
 import { B, binaryen, type Expr, type ExportInfoFull, type FunctionInfoFull, type GlobalInfoFull, type MemoryInfoFull, type TableInfoFull, type Type } from "./binaryen.js";
 import {
-  ALLOWED_IMPORTS, CHECKPOINT_IMPORT, FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, INJECTED_MODULE,
+  ALLOWED_IMPORTS, CHECKPOINT_IMPORT, CHECKPOINT_UNWIND_IMPORT, FUEL_EXPORT, GLOBAL_EXPORT_PREFIX, INJECTED_MODULE,
   MEMORY_EXPORT, MEMORY_GROW_IMPORT, type ValType,
 } from "./abi.js";
 import {
@@ -59,6 +59,15 @@ export interface MeterOptions {
   nan: "eager" | "sinks" | "off";
   /** Run binaryen's validator on the IR before optimizing (debugging the pass). */
   validateIr: boolean;
+  /**
+   * Which checkpoints can unwind the stack (docs/snapshots.md). "loops": loop headers call
+   * `checkpoint_unwind` and binaryen's asyncify instruments every function that can reach it,
+   * so the host can snapshot mid-computation; function entries keep the plain `checkpoint`.
+   * "none": no asyncify, every checkpoint is plain (snapshots only between export calls).
+   */
+  unwind: "loops" | "none";
+  /** Passes run after asyncify (only with unwind), as `passes`. */
+  unwindPasses: readonly string[];
 }
 
 export interface MeteredGlobal {
@@ -90,6 +99,8 @@ interface ModuleContext {
   module: binaryen.Module;
   fuelGlobal: string;
   checkpointFn: string;
+  /** Loop headers' checkpoint: checkpointUnwindFn with unwind "loops", else checkpointFn. */
+  loopCheckpointFn: string;
   memoryGrowFn: string;
   callees: Map<string, Callee>;
   nan: MeterOptions["nan"];
@@ -133,7 +144,7 @@ function checkInterface(module: binaryen.Module): void {
     const info = binaryen.getFunctionInfo(module.getFunctionByIndex(i)) as FunctionInfoFull;
     if (info.module === "") continue;
     const qualified = `${info.module}.${info.base}`;
-    if (info.module === INJECTED_MODULE && (info.base === CHECKPOINT_IMPORT || info.base === MEMORY_GROW_IMPORT)) {
+    if (info.module === INJECTED_MODULE && (info.base === CHECKPOINT_IMPORT || info.base === CHECKPOINT_UNWIND_IMPORT || info.base === MEMORY_GROW_IMPORT)) {
       throw new InstrumentError("WASM_RESERVED_IMPORT", `import "${qualified}" is added by the instrumentation; the guest must not import it`);
     }
     const expected = ALLOWED_IMPORTS.get(info.module)?.get(info.base);
@@ -278,11 +289,11 @@ class FunctionMeter {
    * left in the past would call the host at the same count forever. The trap turns that host bug
    * into an immediate error instead of a livelock.
    */
-  private callCheckpoint(): Expr[] {
+  private callCheckpoint(checkpointFn: string): Expr[] {
     const m = this.module;
     return [
       this.flush(),
-      m.call(this.ctx.checkpointFn, [], binaryen.none),
+      m.call(checkpointFn, [], binaryen.none),
       this.reload(),
       m.if(this.isDue(), m.unreachable()),
     ];
@@ -291,7 +302,7 @@ class FunctionMeter {
   /** The function-entry delivery point: one signed compare against zero, the host call on the cold side. */
   private checkpoint(): Expr {
     const m = this.module;
-    return m.if(this.isDue(), m.block(null, this.callCheckpoint(), binaryen.none));
+    return m.if(this.isDue(), m.block(null, this.callCheckpoint(this.ctx.checkpointFn), binaryen.none));
   }
 
   private addLocal(type: Type): number {
@@ -560,7 +571,7 @@ class FunctionMeter {
     else exit = m.br(done, undefined, expr);
     const handler = [
       m.block(due, [exit], binaryen.none),
-      ...this.callCheckpoint(),
+      ...this.callCheckpoint(this.ctx.loopCheckpointFn),
       m.local.set(this.counter, m.i64.sub(this.getCounter(), this.costOf(header))),
       m.br(reenter),
     ];
@@ -766,6 +777,11 @@ function meterModule(module: binaryen.Module, options: MeterOptions): MeterOutpu
   const functionTaken = (n: string): boolean => module.getFunction(n) !== 0;
   const checkpointFn = freshName("__ls_checkpoint", functionTaken);
   module.addFunctionImport(checkpointFn, INJECTED_MODULE, CHECKPOINT_IMPORT, binaryen.none, binaryen.none);
+  let loopCheckpointFn = checkpointFn;
+  if (options.unwind === "loops") {
+    loopCheckpointFn = freshName("__ls_checkpoint_unwind", functionTaken);
+    module.addFunctionImport(loopCheckpointFn, INJECTED_MODULE, CHECKPOINT_UNWIND_IMPORT, binaryen.none, binaryen.none);
+  }
   const memoryGrowFn = freshName("__ls_memory_grow", functionTaken);
   module.addFunctionImport(memoryGrowFn, INJECTED_MODULE, MEMORY_GROW_IMPORT, binaryen.i32, binaryen.i32);
 
@@ -785,7 +801,7 @@ function meterModule(module: binaryen.Module, options: MeterOptions): MeterOutpu
       throw new InstrumentError("WASM_UNSUPPORTED_FEATURE", "module uses multi-value (blocks or functions with several results)");
     }
   }
-  const ctx: ModuleContext = { module, fuelGlobal, checkpointFn, memoryGrowFn, callees, nan: options.nan, referenced: referencedFunctions(module) };
+  const ctx: ModuleContext = { module, fuelGlobal, checkpointFn, loopCheckpointFn, memoryGrowFn, callees, nan: options.nan, referenced: referencedFunctions(module) };
   const reserved = new Set<string>();
   for (const info of defined) {
     const threadedName = freshName(`${info.name}$ls`, (n) => functionTaken(n) || reserved.has(n));
@@ -847,12 +863,32 @@ function meterModule(module: binaryen.Module, options: MeterOptions): MeterOutpu
   }
 
   if (options.validateIr) assert(module.validate(), "binaryen rejects the instrumented IR");
-  if (options.passes.length > 0) runPasses(module, options);
+  if (options.passes.length > 0) runPasses(module, options, options.passes);
+  if (options.unwind === "loops") {
+    asyncify(module, options);
+    if (options.unwindPasses.length > 0) runPasses(module, options, options.unwindPasses);
+  }
   return { wasm: module.emitBinary(), globals };
 }
 
+/**
+ * binaryen's asyncify, unwinding only from `checkpoint_unwind`: its analysis instruments just
+ * the functions that can reach that import (a call_indirect counts as reaching it), so code
+ * that cannot, such as recursion without loops, runs as fast as before. Every other import is
+ * declared unable to unwind: the host never unwinds from them.
+ */
+function asyncify(module: binaryen.Module, options: MeterOptions): void {
+  const imports = `${INJECTED_MODULE}.${CHECKPOINT_UNWIND_IMPORT}`;
+  binaryen.setPassArgument("asyncify-imports", imports);
+  try {
+    runPasses(module, options, ["asyncify"]);
+  } finally {
+    binaryen.setPassArgument("asyncify-imports", null);
+  }
+}
+
 /** binaryen's optimizer options are process-wide: set ours for the run, then restore. */
-function runPasses(module: binaryen.Module, options: MeterOptions): void {
+function runPasses(module: binaryen.Module, options: MeterOptions, passes: readonly string[]): void {
   const optimizeLevel = binaryen.getOptimizeLevel();
   const shrinkLevel = binaryen.getShrinkLevel();
   const debugInfo = binaryen.getDebugInfo();
@@ -860,7 +896,7 @@ function runPasses(module: binaryen.Module, options: MeterOptions): void {
     binaryen.setOptimizeLevel(options.optimizeLevel);
     binaryen.setShrinkLevel(options.shrinkLevel);
     binaryen.setDebugInfo(false);
-    for (const pass of options.passes) {
+    for (const pass of passes) {
       if (pass === "-O") module.optimize();
       else module.runPasses([pass]);
     }

@@ -30,6 +30,8 @@ import type { VmSnapshot } from "./snapshot.js";
 
 /** Replay: log records sent to the vCPU but not yet consumed, at most. */
 const REPLAY_IN_FLIGHT_RECORDS_MAX = 16_384;
+/** snapshot() calls outstanding at once: a clone at a time, with room for a retry. */
+const SNAPSHOT_WAITERS_MAX = 4;
 /** Default cap on guest memory: 1 GiB. */
 export const MEMORY_PAGES_MAX_DEFAULT = 16_384;
 
@@ -164,6 +166,8 @@ export class Machine {
   private replayFeeding = false;
   private replayEnded = false;
   private finished = false;
+  /** Callers of snapshot() waiting for the vCPU's next snapshot, in order. */
+  private readonly snapshotWaiters: ((snapshot: VmSnapshot) => void)[] = [];
 
   constructor(private readonly options: MachineOptions) {
     assert(!(options.disk && options.diskFile), "one disk: a device or a file");
@@ -255,6 +259,20 @@ export class Machine {
     this.send({ t: "control", kind, value });
   }
 
+  /**
+   * A snapshot of the running guest (record and live; a live clone, §3.1), taken at the next
+   * point where the vCPU can take one, after which it goes on. `onTaken` runs synchronously on
+   * the snapshot's arrival: every record before `snapshot.seq` has reached onRecords by then,
+   * and none after it, so a caller can start a new backup's log exactly there. Never called
+   * if the VM ends first.
+   */
+  snapshot(onTaken: (snapshot: VmSnapshot) => void): void {
+    assert(this.options.mode !== "replay" || this.options.goLiveAs !== null, "a replaying VM has nothing of its own to snapshot");
+    assert(this.snapshotWaiters.length < SNAPSHOT_WAITERS_MAX, "snapshot requests are bounded");
+    this.snapshotWaiters.push(onTaken);
+    this.send({ t: "snapshot" });
+  }
+
   /** Ends the vCPU at once, wherever it is: what a crash of its host looks like. */
   kill(): void {
     void this.worker.terminate();
@@ -267,7 +285,7 @@ export class Machine {
 
   private send(message: ToVcpu): void {
     if (this.finished) return;
-    const urgent = message.t === "stop" || message.t === "control";
+    const urgent = message.t === "stop" || message.t === "control" || message.t === "snapshot";
     (urgent ? this.urgentPort : this.port).postMessage(message);
     Atomics.add(this.slots, CONTROL_MAIL, 1);
     Atomics.notify(this.slots, CONTROL_MAIL);
@@ -299,9 +317,11 @@ export class Machine {
         this.options.onReplayProgress?.(message.count, message.icount);
         void this.feedReplay();
         break;
-      case "snapshot":
-        this.options.onSnapshot?.(message.snapshot);
+      case "snapshot": {
+        if (message.requested) this.snapshotWaiters.shift()?.(message.snapshot);
+        else this.options.onSnapshot?.(message.snapshot);
         break;
+      }
       case "paused":
         this.options.onPaused?.(message.paused);
         break;

@@ -96,7 +96,12 @@ export type ToVcpu =
    * Record/live: a control entry (§3.3), applied and logged at the next checkpoint or idle
    * point. `value`: MemoryMax's page limit; 0 for the others.
    */
-  | { t: "control"; kind: ControlKind; value: number };
+  | { t: "control"; kind: ControlKind; value: number }
+  /**
+   * Record/live: take a snapshot at the next point where one can be taken and post it, then
+   * go on (a live clone, §3.1). Every record before the snapshot's seq is posted before it.
+   */
+  | { t: "snapshot" };
 
 /** An output of the guest. Held under the Output Rule until `afterSeq` records are safe. */
 export type Output =
@@ -135,7 +140,8 @@ export type FromVcpu =
   | { t: "consumed"; count: number; icount: bigint }
   /** Record: the vCPU has stopped for a stall (sent once per stall). */
   | { t: "stalled"; seq: number }
-  | { t: "snapshot"; snapshot: VmSnapshot }
+  /** `requested`: the answer to a snapshot request, not the boot's snapshotAtIdle. */
+  | { t: "snapshot"; snapshot: VmSnapshot; requested: boolean }
   /** Record/live: the guest stopped running for a Pause control (true), or resumed (false). */
   | { t: "paused"; paused: boolean }
   /**

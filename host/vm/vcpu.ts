@@ -19,6 +19,10 @@
 // checkpoints and idle points (halt's included) only, before any event there and whatever the
 // interrupt mask: they are the operator's, not the guest's. Replay applies them at the same
 // points.
+//
+// Snapshots (docs/snapshots.md): at an idle point, or mid-export at a loop-header checkpoint
+// (`checkpoint_unwind`), where asyncify unwinds the guest's stack into linear memory; the
+// snapshot keeps the stack's bytes, and the guest rewinds into it at once and goes on.
 
 import { createHash, randomFillSync } from "node:crypto";
 import { receiveMessageOnPort } from "node:worker_threads";
@@ -33,6 +37,7 @@ import {
   type LogRecord,
 } from "../../protocol/records.js";
 import { assert } from "../errors.js";
+import { ASYNCIFY_EXPORTS } from "../instrument/abi.js";
 import {
   CONTROL_CPU_SHARE,
   CONTROL_MAIL,
@@ -56,7 +61,7 @@ import {
   RANDOM_FILL_BYTES_MAX,
   TX_WINDOW_BYTES,
 } from "./limits.js";
-import type { ConnSnapshot, DiskIoSnapshot, VmSnapshot } from "./snapshot.js";
+import type { ConnSnapshot, DiskIoSnapshot, StackSnapshot, VmSnapshot } from "./snapshot.js";
 
 /** Record/live: instructions between two looks at the mailbox (about a millisecond). */
 const SLICE_INSTRUCTIONS = 1n << 20n;
@@ -73,6 +78,15 @@ const THROTTLE_SLEEP_MS_MAX = 100;
 /** Replay reports consumed records this often so the feeder can send more. */
 const CONSUMED_REPORT_EVERY = 256;
 const NO_DEADLINE = 1n << 62n;
+/**
+ * Where asyncify's data goes while the stack is unwound or rewound: an 8-byte header
+ * (position, end) at this address, then the frames, up to the end of linear memory. Whatever
+ * the guest had there is put back before it runs again (the snapshot holds a copy).
+ */
+const UNWIND_DATA_PTR = 0;
+const UNWIND_HEADER_BYTES = 8;
+/** asyncify_get_state's values. */
+const ASYNCIFY_NORMAL = 0;
 
 const ERR_HANDLE = -1;
 const ERR_ARGUMENT = -2;
@@ -120,6 +134,29 @@ interface DiskIo {
   data: Uint8Array | null;
 }
 
+/** The exports binaryen's asyncify adds (modules instrumented with unwind "loops"). */
+interface AsyncifyExports {
+  startUnwind: (dataPtr: number) => void;
+  stopUnwind: () => void;
+  startRewind: (dataPtr: number) => void;
+  stopRewind: () => void;
+  getState: () => number;
+}
+
+/** A mid-export snapshot between its unwind and the rewind that resumes the guest. */
+interface Unwinding {
+  snapshot: VmSnapshot;
+  startedMs: number;
+  /** The guest's own bytes under asyncify's data, put back once the rewind ends. */
+  original: Uint8Array | null;
+  /** Restoring a snapshot: set the deadline when the rewind ends (the primary had set it). */
+  setDeadline: boolean;
+  /** Post the snapshot once the guest runs again (the primary; not a restore). */
+  post: boolean;
+}
+
+type TopExport = StackSnapshot["export"];
+
 interface GuestExports {
   memory: WebAssembly.Memory;
   _start?: () => void;
@@ -136,12 +173,26 @@ export class Vcpu {
   private mode: VmMode;
   private readonly control: Int32Array;
   private exports!: GuestExports;
+  /** The instance's own exports, not the loader's wrappers: a rewind must call no other guest code. */
+  private rawExports!: WebAssembly.Exports;
+  private asyncify: AsyncifyExports | null = null;
+  /** The export the host called from the top level (not from an import) while it runs. */
+  private topExport: TopExport | null = null;
+  /** Host-to-guest calls in progress: an unwind must cross Wasm frames only, so at most one. */
+  private guestDepth = 0;
+  private unwinding: Unwinding | null = null;
+  private rewinding: Unwinding | null = null;
   private fuel!: WebAssembly.Global;
   private deadline = 0n;
   private mailSeen = 0;
   /** A mailbox was left unread at its bound: read it again at the next poll, new mail or not. */
   private mailUnread = false;
   private stopRequested = false;
+  /**
+   * The main thread asked for a snapshot (a live clone): taken at the next idle point or
+   * unwinding checkpoint, whichever comes first.
+   */
+  private snapshotRequested = false;
   private readonly controls: ControlRequest[] = [];
   /** Between a Pause and a Resume control: no guest code runs (replay only notes it). */
   private paused = false;
@@ -183,7 +234,7 @@ export class Vcpu {
    */
   constructor(
     boot: VcpuBoot,
-    private readonly outbox: { postMessage(message: FromVcpu): void },
+    private readonly outbox: { postMessage(message: FromVcpu, transfer?: ArrayBuffer[]): void },
   ) {
     this.boot = boot;
     this.mode = boot.mode;
@@ -197,12 +248,15 @@ export class Vcpu {
     try {
       this.instantiate();
       this.sliceStartMs = performance.now();
-      if (this.boot.restore) {
-        this.applySnapshot(this.boot.restore);
+      const restore = this.boot.restore;
+      if (restore) {
+        this.applySnapshot(restore);
+        // Mid-export: finish the export the snapshot was taken in, then idle as after it.
+        if (restore.stack !== undefined) this.resumeStack(restore);
       } else {
         this.setDeadline(this.nextDeadline());
         this.exports._start?.();
-        this.exports.main?.();
+        this.callTop("main");
       }
       this.idleLoop();
       assert(false, "idleLoop returns only by throwing Stop");
@@ -217,10 +271,13 @@ export class Vcpu {
   private instantiate(): void {
     const module = new WebAssembly.Module(this.boot.wasm);
     const imports = { lockstep: this.lockstepImports(), env: this.envImports() };
-    const { exports } = loader.instantiateSync(module, imports) as unknown as {
+    const { exports, instance } = loader.instantiateSync(module, imports) as unknown as {
       exports: GuestExports;
+      instance: WebAssembly.Instance;
     };
     this.exports = exports;
+    this.rawExports = instance.exports;
+    this.asyncify = asyncifyExports(instance.exports);
     const fuel = (exports as Record<string, unknown>)["__ls_fuel"];
     assert(fuel instanceof WebAssembly.Global, "instrumented module exports __ls_fuel");
     this.fuel = fuel;
@@ -232,7 +289,36 @@ export class Vcpu {
       this.advanceIcount(1n);
       this.maybeSnapshot();
       this.deliverAtIdle();
-      this.exports.__ls_run?.();
+      this.callTop("__ls_run");
+    }
+  }
+
+  /**
+   * Calls main or __ls_run from the top level. When a checkpoint unwound the guest for a
+   * snapshot, the call returns early: take the stack, rewind, and call again, until it really
+   * returns. The first call goes through the loader's wrapper like any export call; the
+   * rewinding calls go straight to the instance, so that no guest code but the rewind runs.
+   * `rewinding`: a rewind is started already (a restore), the first call is one of those.
+   */
+  private callTop(name: TopExport, rewinding = false): void {
+    const wrapper = this.exports[name] as (() => void) | undefined;
+    const raw = this.rawExports[name] as (() => void) | undefined;
+    if (wrapper === undefined || raw === undefined) return;
+    let call = rewinding ? raw : wrapper;
+    for (let rewinds = 0; ; rewinds++) {
+      assert(rewinds <= 1 << 20, "each rewind resumes the guest: unwinds are bounded by snapshot requests");
+      assert(this.topExport === null && this.guestDepth === 0, "top-level calls do not nest");
+      this.topExport = name;
+      this.guestDepth++;
+      try {
+        call();
+      } finally {
+        this.guestDepth--;
+        this.topExport = null;
+      }
+      if (this.unwinding === null) return;
+      this.rewindAfterUnwind(name);
+      call = raw;
     }
   }
 
@@ -301,6 +387,26 @@ export class Vcpu {
 
   // ---- delivery points -------------------------------------------------------------------
 
+  /**
+   * A loop header's checkpoint in a module built for unwinding. Besides what every checkpoint
+   * does, it is where a requested snapshot is taken mid-export, and where the rewind that
+   * follows (or that a restore starts) ends: there it returns at once, because the
+   * checkpoint's work was done before the unwind.
+   */
+  private checkpointUnwind(): void {
+    if (this.rewinding !== null) {
+      this.endRewind();
+      return;
+    }
+    this.checkpoint();
+    if (this.snapshotRequested && this.mode !== "replay" && this.unwindable()) this.startUnwind();
+  }
+
+  /** Only Wasm frames under main or __ls_run: asyncify cannot unwind through a host frame. */
+  private unwindable(): boolean {
+    return this.asyncify !== null && this.topExport !== null && this.guestDepth === 1;
+  }
+
   private checkpoint(): void {
     const icount = this.enterHost();
     if (this.mode === "replay") this.replayControlPoint(icount);
@@ -335,6 +441,8 @@ export class Vcpu {
       for (;;) {
         this.pollMail();
         if (this.stopRequested) throw this.stopHere("stopped");
+        // A guest waiting for an event is at an idle point: its snapshot resumes right here.
+        this.snapshotIfRequested();
         const max = this.boot.maxInstructions;
         if (max !== null && icount >= max) throw this.stopHere("stopped");
         this.applyControls(icount);
@@ -591,7 +699,16 @@ export class Vcpu {
     let irqB = event.value;
     if (event.kind === EventKind.DiskDone) irqA = this.diskIos.get(event.arg)!.tag;
     const irq = this.exports.__ls_irq;
-    if (irq !== undefined && irq(event.kind, irqA, irqB) === 0) return false;
+    if (irq !== undefined) {
+      this.guestDepth++;
+      let accepted: number;
+      try {
+        accepted = irq(event.kind, irqA, irqB);
+      } finally {
+        this.guestDepth--;
+      }
+      if (accepted === 0) return false;
+    }
     switch (event.kind) {
       case EventKind.NicAccept:
         this.conns.set(event.arg, { rx: [], rxBytes: 0, peerClosed: false, txWindow: TX_WINDOW_BYTES, rxTotal: 0, txTotal: 0, creditTotal: 0, unconfirmed: [] });
@@ -656,6 +773,7 @@ export class Vcpu {
       if (received === undefined) break;
       const message = received.message as ToVcpu;
       if (message.t === "stop") this.stopRequested = true;
+      else if (message.t === "snapshot") this.snapshotRequested = true;
       else if (message.t === "control") this.controls.push({ kind: message.kind, value: message.value });
       else assert(false, `${message.t} on the urgent port`);
     }
@@ -777,8 +895,8 @@ export class Vcpu {
     const streams = this.boot.streamNic
       ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal, unconfirmed: Buffer.concat(c.unconfirmed) }))
       : [];
-    // From here on the NIC keeps what it sends.
-    for (const conn of this.conns.values()) conn.unconfirmed = [];
+    // From here on the NIC keeps what it sends; a recording vCPU keeps it too, for a clone.
+    if (target === "live") for (const conn of this.conns.values()) conn.unconfirmed = [];
     this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos, streams });
   }
 
@@ -836,8 +954,8 @@ export class Vcpu {
     this.sliceStartMs = performance.now();
   }
 
-  private post(message: FromVcpu): void {
-    this.outbox.postMessage(message);
+  private post(message: FromVcpu, transfer?: ArrayBuffer[]): void {
+    this.outbox.postMessage(message, transfer);
   }
 
   /**
@@ -882,6 +1000,7 @@ export class Vcpu {
   private lockstepImports(): Record<string, (...args: number[]) => number | bigint | void> {
     return {
       checkpoint: () => this.checkpoint(),
+      checkpoint_unwind: () => this.checkpointUnwind(),
       memory_grow: (deltaPages) => this.memoryGrow(deltaPages),
       clock_now: (clock) => this.clockNow(clock),
       random_fill: (ptr, len) => this.randomFill(ptr, len),
@@ -1054,7 +1173,9 @@ export class Vcpu {
     const offset = conn.txTotal;
     conn.txTotal += n;
     const data = this.guestBytes(ptr, n).slice();
-    if (this.boot.streamNic && this.mode === "replay") conn.unconfirmed.push(data);
+    // Kept wherever a later go-live may need it: on a replaying backup, and on a recording
+    // primary whose snapshot may seed a new backup (a live clone).
+    if (this.boot.streamNic && this.mode !== "live") conn.unconfirmed.push(data);
     this.output({ o: "nic_send", conn: connId, offset, data });
     return n;
   }
@@ -1159,10 +1280,18 @@ export class Vcpu {
   }
 
   private maybeSnapshot(): void {
+    this.snapshotIfRequested();
     const at = this.boot.snapshotAtIdle;
     if (at === null || this.icount() < at) return;
     this.boot.snapshotAtIdle = null;
-    this.post({ t: "snapshot", snapshot: this.snapshot() });
+    this.post({ t: "snapshot", snapshot: this.snapshot(), requested: false });
+  }
+
+  /** At an idle point: answer the main thread's snapshot request, if it made one. */
+  private snapshotIfRequested(): void {
+    if (!this.snapshotRequested || this.mode === "replay") return;
+    this.snapshotRequested = false;
+    this.post({ t: "snapshot", snapshot: this.snapshot(), requested: true });
   }
 
   private snapshot(): VmSnapshot {
@@ -1194,6 +1323,88 @@ export class Vcpu {
         memoryPagesMax: this.memoryPagesMax,
       },
     };
+  }
+
+  /**
+   * At an unwinding checkpoint, its work done and the next deadline set: snapshot the state
+   * here, then let asyncify unwind the guest's stack into linear memory (callTop takes it from
+   * there). The memory copy comes first: asyncify's data overwrites guest bytes.
+   */
+  private startUnwind(): void {
+    const asyncify = this.asyncify;
+    assert(asyncify !== null && this.unwinding === null && this.rewinding === null, "one unwind at a time");
+    const startedMs = performance.now();
+    this.snapshotRequested = false;
+    const snapshot = this.snapshot();
+    const memory = this.memory;
+    const view = new DataView(memory.buffer);
+    // The whole memory past the header may hold frames: a deep stack cannot overflow it unless
+    // it is larger than the guest's memory, which no stack in that memory can be.
+    view.setUint32(UNWIND_DATA_PTR, UNWIND_DATA_PTR + UNWIND_HEADER_BYTES, true);
+    view.setUint32(UNWIND_DATA_PTR + 4, memory.length, true);
+    this.unwinding = { snapshot, startedMs, original: null, setDeadline: false, post: true };
+    asyncify.startUnwind(UNWIND_DATA_PTR);
+  }
+
+  /** The top-level export returned unwound: keep the stack, then rewind into it. */
+  private rewindAfterUnwind(name: TopExport): void {
+    const asyncify = this.asyncify;
+    const unwinding = this.unwinding;
+    assert(asyncify !== null && unwinding !== null, "an unwind is in progress");
+    this.unwinding = null;
+    asyncify.stopUnwind();
+    const end = new DataView(this.memory.buffer).getUint32(UNWIND_DATA_PTR, true);
+    assert(end >= UNWIND_DATA_PTR + UNWIND_HEADER_BYTES && end <= this.memory.length, "asyncify's data lies in memory");
+    unwinding.snapshot.stack = { export: name, data: this.memory.slice(UNWIND_DATA_PTR + UNWIND_HEADER_BYTES, end) };
+    // The header still says where the data ends: rewind from it as it is.
+    unwinding.original = unwinding.snapshot.memory.slice(UNWIND_DATA_PTR, end);
+    this.rewinding = unwinding;
+    asyncify.startRewind(UNWIND_DATA_PTR);
+  }
+
+  /**
+   * A restored snapshot taken mid-export: lay its stack into memory, rewind, and run the export
+   * on to its end (it reaches the checkpoint where the snapshot was taken, then goes on).
+   */
+  private resumeStack(snapshot: VmSnapshot): void {
+    const stack = snapshot.stack;
+    const asyncify = this.asyncify;
+    assert(stack !== undefined, "resumeStack needs a stack");
+    if (asyncify === null) throw new Stop("error", 1, "the snapshot holds a stack, but this module was not built for unwinding");
+    const end = UNWIND_DATA_PTR + UNWIND_HEADER_BYTES + stack.data.length;
+    const memory = this.memory;
+    if (end > memory.length) throw new Stop("error", 1, "the snapshot's stack does not fit its memory");
+    const original = memory.slice(UNWIND_DATA_PTR, end);
+    memory.set(stack.data, UNWIND_DATA_PTR + UNWIND_HEADER_BYTES);
+    const view = new DataView(memory.buffer);
+    view.setUint32(UNWIND_DATA_PTR, end, true);
+    view.setUint32(UNWIND_DATA_PTR + 4, end, true);
+    if (typeof this.rawExports[stack.export] !== "function") {
+      throw new Stop("error", 1, `the snapshot's stack is under ${stack.export}, which this module does not export`);
+    }
+    this.rewinding = { snapshot, startedMs: performance.now(), original, setDeadline: true, post: false };
+    asyncify.startRewind(UNWIND_DATA_PTR);
+    this.callTop(stack.export, true);
+    assert(this.rewinding === null, "the rewind reached its checkpoint");
+  }
+
+  /** The rewind reached the checkpoint of the snapshot: the guest runs on from here. */
+  private endRewind(): void {
+    const asyncify = this.asyncify;
+    const rewinding = this.rewinding;
+    assert(asyncify !== null && rewinding !== null && rewinding.original !== null, "a rewind is in progress");
+    this.rewinding = null;
+    asyncify.stopRewind();
+    assert(asyncify.getState() === ASYNCIFY_NORMAL, "the rewind is over");
+    this.memory.set(rewinding.original, UNWIND_DATA_PTR);
+    if (rewinding.setDeadline) this.setDeadline(this.nextDeadline());
+    if (rewinding.post) {
+      const snapshot = rewinding.snapshot;
+      snapshot.pauseMs = performance.now() - rewinding.startedMs;
+      // Transferred, not copied: the copy is the snapshot's, nobody here reads it again.
+      this.post({ t: "snapshot", snapshot, requested: true }, [snapshot.memory.buffer as ArrayBuffer]);
+    }
+    this.sliceStartMs = performance.now();
   }
 
   /** Continue from a snapshot: the guest resumes idle, right after the idle tick. */
@@ -1229,9 +1440,25 @@ export class Vcpu {
     }
     this.nextDiskIoId = d.nextDiskIoId;
     if (d.memoryPagesMax !== undefined) this.memoryPagesMax = d.memoryPagesMax;
-    // The idle tick of the snapshot point was taken already; idleLoop takes the next one.
-    this.fuel.value = snapshot.icount - 1n;
+    // Mid-export, the count is the checkpoint's (its deadline is set when the rewind reaches it).
+    // At idle, the idle tick of the snapshot point was taken already; idleLoop takes the next.
+    this.fuel.value = snapshot.stack !== undefined ? snapshot.icount : snapshot.icount - 1n;
   }
+}
+
+/** The asyncify exports, when the module was instrumented for unwinding. */
+function asyncifyExports(exports: WebAssembly.Exports): AsyncifyExports | null {
+  const get = (name: string): ((...args: number[]) => number) | null => {
+    const value = exports[name];
+    return typeof value === "function" ? (value as (...args: number[]) => number) : null;
+  };
+  const startUnwind = get(ASYNCIFY_EXPORTS.startUnwind);
+  const stopUnwind = get(ASYNCIFY_EXPORTS.stopUnwind);
+  const startRewind = get(ASYNCIFY_EXPORTS.startRewind);
+  const stopRewind = get(ASYNCIFY_EXPORTS.stopRewind);
+  const getState = get(ASYNCIFY_EXPORTS.getState);
+  if (startUnwind === null || stopUnwind === null || startRewind === null || stopRewind === null || getState === null) return null;
+  return { startUnwind, stopUnwind, startRewind, stopRewind, getState };
 }
 
 /** Drops the unconfirmed output that credit now covers: the client has it. */

@@ -52,6 +52,10 @@ type HostFn = (host: MeteredHost, ...args: never[]) => unknown;
 export class MeteredHost {
   deadline = FAR;
   readonly landings: bigint[] = [];
+  /** The landings at checkpoint_unwind (loop headers of a module built for unwinding). */
+  readonly unwindLandings: bigint[] = [];
+  /** During onCheckpoint: the landing is a checkpoint_unwind. */
+  atLoopHeader = false;
   readonly calls: ImportCall[] = [];
   fuel!: WebAssembly.Global;
   memory!: WebAssembly.Memory;
@@ -86,6 +90,14 @@ export class MeteredHost {
     }
     imports.lockstep!.checkpoint = (): void => {
       this.landings.push(this.icount());
+      this.atLoopHeader = false;
+      this.onCheckpoint(this);
+    };
+    // Loop headers call this one in a module built for unwinding: a checkpoint, noted as such.
+    imports.lockstep!.checkpoint_unwind = (): void => {
+      this.landings.push(this.icount());
+      this.unwindLandings.push(this.icount());
+      this.atLoopHeader = true;
       this.onCheckpoint(this);
     };
     imports.lockstep!.memory_grow = ((delta: number): number => {

@@ -9,20 +9,25 @@ import { FUEL_EXPORT, instrument } from "../../host/instrument/index.js";
 import { fixture, MeteredHost, wasmToWat, watToWasm } from "./harness.js";
 
 describe("the instrumented module's interface", () => {
-  it("imports checkpoint and memory_grow, exports the fuel global, keeps the guest's exports", () => {
+  it("imports checkpoint, checkpoint_unwind and memory_grow, exports the fuel global and asyncify's controls, keeps the guest's exports", () => {
     const input = fixture("calls.wat");
     const out = instrument(input);
     const module = new WebAssembly.Module(out.wasm);
     const imports = WebAssembly.Module.imports(module).map((i) => `${i.module}.${i.name}:${i.kind}`).sort();
     expect(imports).toEqual([
       "lockstep.checkpoint:function",
+      "lockstep.checkpoint_unwind:function",
       "lockstep.clock_now:function",
       "lockstep.console_write:function",
       "lockstep.memory_grow:function",
     ]);
     const exports = WebAssembly.Module.exports(module).map((e) => `${e.name}:${e.kind}`).sort();
     expect(exports).toEqual(
-      ["__ls_fuel:global", "direct:function", "indirect:function", "io:function", "io_nested:function", "memory:memory", "twice:function", "twice_via:function"],
+      [
+        "__ls_fuel:global",
+        "asyncify_get_state:function", "asyncify_start_rewind:function", "asyncify_start_unwind:function",
+        "asyncify_stop_rewind:function", "asyncify_stop_unwind:function",
+        "direct:function", "indirect:function", "io:function", "io_nested:function", "memory:memory", "twice:function", "twice_via:function"],
     );
     expect(FUEL_EXPORT).toBe("__ls_fuel");
   });
@@ -71,8 +76,9 @@ describe("the instrumented module's interface", () => {
     const host = await MeteredHost.create(out.wasm);
     // run: entry 1 + (call const call_indirect add) 4 = 5; $internal 1 + 1 = 2; $inTable 2
     expect(host.measure("run")).toEqual({ result: 3, icount: 9n });
-    // twins of $internal, $inTable, run; wrappers of $inTable (table) and run (export) only
-    expect(wasmToWat(out.wasm).match(/^  \(func /gm)?.length).toBe(5);
+    // twins of $internal, $inTable, run; wrappers of $inTable (table) and run (export) only;
+    // and asyncify's five exported controls (start/stop unwind/rewind, get state)
+    expect(wasmToWat(out.wasm).match(/^  \(func /gm)?.length).toBe(5 + 5);
   });
 
   it("replaces every memory.grow", () => {

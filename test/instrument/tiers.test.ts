@@ -30,6 +30,7 @@ const imports = {
   lockstep: {
     clock_now: () => icount(),
     checkpoint: () => { landings.push(icount()); const now = icount(); deadline = now + ${STEP}n; fuel.value = now - deadline; },
+    checkpoint_unwind: () => imports.lockstep.checkpoint(), // loop headers; never unwound here
     memory_grow: (delta) => { try { return memory.grow(delta); } catch { return -1; } },
   },
 };
