@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real clients for the guests' tests (redis-cli, redis-benchmark, curl), and
-# redis-server as the baseline a user would otherwise pick (bench/switch.ts).
-debian_packages=(redis-tools redis-server curl)
+# Debian packages: real clients for the guests' tests (redis-cli, redis-benchmark, curl),
+# redis-server as the baseline a user would otherwise pick (bench/switch.ts), and etcd-server
+# (/usr/bin/etcd) for `--arbiter etcd://` and its tests (test/ft/etcd-arbiter.test.ts). The
+# package's systemd unit is not needed: the tests start their own etcd on free ports.
+debian_packages=(redis-tools redis-server curl etcd-server)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

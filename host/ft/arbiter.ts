@@ -24,3 +24,17 @@ export function storageArbiter(client: StorageClient): Arbiter {
     },
   };
 }
+
+/**
+ * An arbiter behind the host's network switch (host/network-gate.ts): a host that an operator
+ * cut off reaches no arbiter, like it reaches no peer. The storage client is cut off by the
+ * same switch; an arbiter elsewhere (etcd) must be too, or a partitioned host could win the
+ * register and go live where no client can reach it while its reachable peer halts.
+ */
+export function gatedArbiter(arbiter: Arbiter, network: { readonly connected: boolean }): Arbiter {
+  return {
+    async testAndSet(request) {
+      return network.connected ? arbiter.testAndSet(request) : "unreachable";
+    },
+  };
+}
