@@ -2,12 +2,16 @@
 // baseline measured in this same process.
 import { formatResult, runMeteringBench } from "./metering.js";
 import { printClusterBench, runClusterBench } from "./cluster.js";
+import { printCompressionBench, printSettingsSweep, runCompressionBench, runSettingsSweep } from "./compression.js";
 import { printFtBench, runFtBench } from "./ft.js";
+import { printSnapshotBench, runSnapshotBench } from "./snapshot.js";
 import { printSwitchBench, runSwitchBench } from "./switch.js";
 import { printVmBench, runVmBench } from "./vm.js";
 
 console.log("== metering overhead on the cpu guest (metered / raw time)");
 console.log(formatResult(await runMeteringBench()));
+console.log("\n== snapshots mid-computation: the primary's pause, and what unwinding support costs");
+printSnapshotBench(await runSnapshotBench());
 console.log("\n== record, replay and log bandwidth");
 printVmBench(await runVmBench());
 
@@ -16,6 +20,10 @@ printFtBench(await runFtBench());
 
 console.log("\n== fault tolerance on the embedded cluster (lockstep up: real processes on loopback)");
 printClusterBench(await runClusterBench());
+
+console.log("\n== log compression on the logging channel (kv under redis-benchmark, deflate on and off)");
+printSettingsSweep(await runSettingsSweep());
+printCompressionBench(await runCompressionBench());
 
 console.log("\n== clients through the switch: redis-benchmark, durable writes, failover as a client sees it");
 printSwitchBench(await runSwitchBench());

@@ -36,8 +36,11 @@ export interface ClusterBenchResult {
 }
 
 
-interface PrimaryFigures {
+export interface PrimaryFigures {
   logBytesSent: number;
+  /** After compression, with WebSocket headers: what the network carries. */
+  logWireBytesSent: number;
+  logCompression: boolean;
   lagMs: number;
   outputHoldMsP50: number | null;
   outputHoldMsP99: number | null;
@@ -49,7 +52,7 @@ async function primaryFigures(up: UpProcess): Promise<PrimaryFigures | null> {
 }
 
 /** Samples the primary's figures every STATUS_SAMPLE_MS until `until` settles. */
-async function sampleWhile<T>(up: UpProcess, until: Promise<T>): Promise<{ value: T; samples: PrimaryFigures[]; seconds: number }> {
+export async function sampleWhile<T>(up: UpProcess, until: Promise<T>): Promise<{ value: T; samples: PrimaryFigures[]; seconds: number }> {
   const samples: PrimaryFigures[] = [];
   let done = false;
   const started = performance.now();
@@ -64,9 +67,11 @@ async function sampleWhile<T>(up: UpProcess, until: Promise<T>): Promise<{ value
   return { value: await value, samples, seconds: (performance.now() - started) / 1000 };
 }
 
-function bitsPerSecond(samples: PrimaryFigures[], seconds: number): number {
+/** Logging bandwidth over the samples: channel-frame bytes, or `wire` bytes as TCP carried them. */
+export function bitsPerSecond(samples: PrimaryFigures[], seconds: number, bytes: "frame" | "wire" = "frame"): number {
   if (samples.length < 2 || seconds <= 0) return 0;
-  return ((samples.at(-1)!.logBytesSent - samples[0]!.logBytesSent) * 8) / seconds;
+  const sent = (s: PrimaryFigures) => (bytes === "wire" ? s.logWireBytesSent : s.logBytesSent);
+  return ((sent(samples.at(-1)!) - sent(samples[0]!)) * 8) / seconds;
 }
 
 
@@ -108,7 +113,7 @@ async function cpuSecondsWithFt(): Promise<{ seconds: number; samples: PrimaryFi
   });
 }
 
-async function withCluster<T>(args: string[], body: (up: UpProcess) => Promise<T>): Promise<T> {
+export async function withCluster<T>(args: string[], body: (up: UpProcess) => Promise<T>): Promise<T> {
   const up = new UpProcess(args);
   try {
     await up.ready;

@@ -2,6 +2,7 @@
 // USAGE error that names the flag.
 
 import { LockstepError } from "../errors.js";
+import { LOG_COMPRESSION_ENV } from "../ft/channel.js";
 import { LOG_LEVELS, type LogLevel } from "../log.js";
 
 export function integer(text: string, flag: string, min: number, max: number): number {
@@ -30,6 +31,16 @@ export function logLevel(text: string): LogLevel {
     throw new LockstepError("USAGE", `--log-level takes one of ${LOG_LEVELS.join(", ")}, not "${text}"`);
   }
   return text as LogLevel;
+}
+
+/**
+ * `--log-compression on|off`, kept in $LOCKSTEP_LOG_COMPRESSION: both ends of the logging channel
+ * read it there (host/ft/channel.ts), and the hosts that `lockstep up` starts inherit it.
+ */
+export function applyLogCompression(text: string | undefined): void {
+  if (text === undefined) return;
+  if (text !== "on" && text !== "off") throw new LockstepError("USAGE", `--log-compression takes on or off, not "${text}"`);
+  process.env[LOG_COMPRESSION_ENV] = text;
 }
 
 /** Resolves with the first SIGINT or SIGTERM. */
