@@ -12,7 +12,8 @@ export type ErrorCode =
   | "LOG_INVALID"
   | "REPLAY_DIVERGED"
   | "USAGE"
-  | "DISK_IO";
+  | "DISK_IO"
+  | "CLONE_REFUSED";
 
 export class LockstepError extends Error {
   constructor(

@@ -9,26 +9,31 @@ import { EmbeddedCluster } from "../cluster/embedded.js";
 import { VM_NAME } from "../cluster/vm-spec.js";
 import { LockstepError } from "../errors.js";
 import { createLogger } from "../log.js";
-import { integer, logLevel, secret, untilSignal } from "./flags.js";
+import { applyLogCompression, integer, logLevel, secret, untilSignal } from "./flags.js";
 import { HOST_TOKEN_ENV } from "./host-command.js";
 import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 
 export const UP_PORT_DEFAULT = 7400;
 
 export const UP_USAGE = `usage:
-  lockstep up [--guest NAME]... [--hosts N] [--vm NAME] [--no-switch] [--port PORT] [--bind HOST] [--dir DIR]
+  lockstep up [--guest NAME]... [--hosts N] [--vm NAME] [--no-switch] [--no-restore] [--port PORT] [--bind HOST] [--dir DIR]
               [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--timeout-ms MS]
-              [--token TOKEN]
+              [--token TOKEN] [--log-compression on|off] [--arbiter etcd://HOST:PORT]
 
 Starts a storage server, a switch and N hosts (default 3) as child processes, runs each
 guest's primary and backup on two different hosts, and serves GET /api/status until Ctrl-C.
   --guest       an example's name or a .wasm path; repeat for more VMs (default: kv and http)
   --vm          the VM's name, with one --guest (default: the guest's name)
   --no-switch   no switch: clients connect to the primary's host and reconnect after a failover
+  --no-restore  leave a VM that lost its backup without one (default: a live clone of its
+                primary becomes its backup on the least loaded other host)
   --port        status API port (default ${UP_PORT_DEFAULT}; 0 picks a free one); --bind (default 127.0.0.1)
   --dir         keep disks and registers here (default: a temporary folder, removed at exit)
   --guest-port  serve the guests' virtual port VPORT on this TCP port (default: a free one)
   --timeout-ms  declare a silent primary or backup failed after this long (default 1000)
+  --log-compression  deflate on the logging channels (default: $LOCKSTEP_LOG_COMPRESSION, else off)
+  --arbiter     settle go-live on etcd (etcd://HOST:PORT[,...]; user:password from $LOCKSTEP_ETCD_TOKEN)
+                rather than on the storage server's registers; passed to every host
   --token       required by the status API when bound beyond loopback (default: $${HOST_TOKEN_ENV})`;
 
 export async function upCommand(args: string[]): Promise<number> {
@@ -38,6 +43,7 @@ export async function upCommand(args: string[]): Promise<number> {
     options: {
       guest: { type: "string", multiple: true, default: ["kv", "http"] },
       "no-switch": { type: "boolean", default: false },
+      "no-restore": { type: "boolean", default: false },
       vm: { type: "string" },
       hosts: { type: "string", default: "3" },
       port: { type: "string", default: String(UP_PORT_DEFAULT) },
@@ -48,7 +54,9 @@ export async function upCommand(args: string[]): Promise<number> {
       "memory-mib": { type: "string", default: "256" },
       "timeout-ms": { type: "string", default: "1000" },
       token: { type: "string" },
+      arbiter: { type: "string" },
       "log-level": { type: "string", default: "info" },
+      "log-compression": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -56,6 +64,8 @@ export async function upCommand(args: string[]): Promise<number> {
     process.stdout.write(UP_USAGE + "\n");
     return 0;
   }
+  // Before any host starts: they inherit the setting from this process's environment.
+  applyLogCompression(values["log-compression"]);
   if (values.vm !== undefined && values.guest.length !== 1) throw new LockstepError("USAGE", "--vm names the VM of a single --guest");
   const vms = values.guest.map((guest) => ({ guest, vm: values.vm ?? guest.replace(/^.*\//, "").replace(/\.wasm$/, "").toLowerCase() }));
   for (const { vm } of vms) {
@@ -71,6 +81,7 @@ export async function upCommand(args: string[]): Promise<number> {
   const cluster = new EmbeddedCluster({
     vms,
     switch: !values["no-switch"],
+    restoreRedundancy: !values["no-restore"],
     hosts: integer(values.hosts, "--hosts", 2, 16),
     bind: values.bind,
     port: integer(values.port, "--port", 0, 65535),
@@ -80,6 +91,7 @@ export async function upCommand(args: string[]): Promise<number> {
     timeoutMs: integer(values["timeout-ms"], "--timeout-ms", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
     ports,
     token: secret(values.token, HOST_TOKEN_ENV, "--token"),
+    arbiter: values.arbiter ?? null,
     log: createLogger(logLevel(values["log-level"])),
   });
   // Ctrl-C while starting stops what has started.

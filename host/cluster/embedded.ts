@@ -16,6 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import os from "node:os";
 import path from "node:path";
 import { LockstepError } from "../errors.js";
+import { parseEtcdUrl } from "../ft/etcd-url.js";
 import type { Logger } from "../log.js";
 import { StorageClient } from "../storage/client.js";
 import { loadGuest } from "../vm/guest.js";
@@ -23,6 +24,9 @@ import { Child } from "./child.js";
 import type { HostStatus } from "./host-daemon.js";
 import type { VmStatus } from "./hosted-vm.js";
 import { ApiError, checkToken, fetchJson, isLoopback, readJson, sendError, sendJson } from "./http.js";
+import { type CloneAction, planClones } from "./redundancy.js";
+import { describeIssues } from "./vm-spec.js";
+import { z } from "zod";
 
 export const CLUSTER_HOSTS_MAX = 16;
 /** Events kept for the status API. */
@@ -30,8 +34,21 @@ const EVENTS_MAX = 256;
 /** How long a host may take to answer a status poll before it is shown as unresponsive. */
 const HOST_POLL_TIMEOUT_MS = 500;
 const CHILD_STOP_GRACE_MS = 5_000;
+/** A host that keeps dying is given up on after this many restarts. */
+const HOST_RESTARTS_MAX = 100;
 /** A storage server that keeps dying is given up on after this many restarts. */
 const STORAGE_RESTARTS_MAX = 100;
+
+const MigrateSchema = z.object({ role: z.enum(["primary", "backup"]), to: z.string().min(1).max(64) }).strict();
+/** Each step of a migration that waits for an event (going alone, going live) gets this long. */
+const MIGRATION_STEP_MS = 30_000;
+
+/** How often the cluster service looks for VMs without a backup. */
+const REDUNDANCY_CHECK_MS = 200;
+/** After a failed clone, wait this long before trying that VM again. */
+const CLONE_RETRY_MS = 1_000;
+/** Fields of a log line that its event keeps, for the status API and the dashboard. */
+const EVENT_FIGURES = ["from", "to", "target", "role", "moved", "ms", "unprotectedMs", "snapshotMs", "totalMs", "bytes", "seq", "icount", "clonedAtSeq"] as const;
 
 /** Where the example guests listen: the services a switch exposes for them, by VM name. */
 const EXAMPLE_SERVICE_PORTS: Record<string, number> = { kv: 6379, http: 80 };
@@ -61,6 +78,13 @@ export interface ClusterOptions {
   /** Guest virtual port → public TCP port (of the switch, or of the primary's host; 0: a free one). */
   ports: Record<string, number>;
   token: string | null;
+  /**
+   * Give a VM left without a backup a new one, a live clone of its primary on another host
+   * (§3.1). Off only to watch a VM run alone.
+   */
+  restoreRedundancy: boolean;
+  /** `--arbiter etcd://...` for every host; null: the storage server's registers. */
+  arbiter: string | null;
   log: Logger;
 }
 
@@ -81,6 +105,8 @@ interface HostEntry {
   /** The last status it answered, and whether the last poll got an answer. */
   last: HostStatus | null;
   responsive: boolean;
+  /** Times its process died and was started again. */
+  restarts: number;
 }
 
 export class EmbeddedCluster {
@@ -93,6 +119,13 @@ export class EmbeddedCluster {
   private switch: { child: Child; url: string; services: Record<string, string> } | null = null;
   private server: Server | null = null;
   private stopping = false;
+  private redundancyTimer: NodeJS.Timeout | null = null;
+  private redundancyChecking = false;
+  /** VMs with a clone under way, and VMs whose last clone failed: not before this time (ms). */
+  private readonly cloning = new Set<string>();
+  private readonly cloneRetryAtMs = new Map<string, number>();
+  /** Each VM's protection as last seen, and since when: for the restore events and their figures. */
+  private readonly protection = new Map<string, { state: string; sinceMs: number }>();
   /** The hosts' control token: fresh for each cluster, known only to it and its children. */
   private readonly hostToken = randomBytes(24).toString("base64url");
   private readonly dir: string;
@@ -106,6 +139,7 @@ export class EmbeddedCluster {
     if (!isLoopback(options.bind) && options.token === null) {
       throw new LockstepError("USAGE", `--bind ${options.bind} is not loopback: give a --token (or $LOCKSTEP_TOKEN)`);
     }
+    if (options.arbiter !== null) parseEtcdUrl(options.arbiter);
     this.ownsDir = options.dir === null;
     this.dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-up-"));
   }
@@ -118,19 +152,8 @@ export class EmbeddedCluster {
     const networked = guests.filter((g) => g.loaded.listens);
     if (this.options.switch && networked.length > 0) await this.startSwitch(networked);
 
-    const started = await Promise.all(
-      Array.from({ length: this.options.hosts }, (_, i) => {
-        const id = `host-${i + 1}`;
-        return Child.start({
-          name: id,
-          args: ["host", "--storage", this.storage!.url, "--id", id, "--port", "0", "--bind", this.options.bind],
-          env: { LOCKSTEP_TOKEN: this.hostToken },
-          onLog: (line) => this.childLog(id, line),
-          onExit: (code, signal) => this.childExited(id, code, signal),
-        }).then(({ child, ready }) => ({ id, url: String(ready.url), child, last: null, responsive: true }));
-      }),
-    );
-    this.hosts.push(...started);
+    const started = await Promise.all(Array.from({ length: this.options.hosts }, (_, i) => this.startHost(`host-${i + 1}`)));
+    this.hosts.push(...started.map(({ child, url }, i) => ({ id: `host-${i + 1}`, url, child, last: null, responsive: true, restarts: 0 })));
 
     // VM i: primary on host i, backup on the next host, so that no host holds both sides.
     const placed = [];
@@ -148,6 +171,10 @@ export class EmbeddedCluster {
     const address = this.server.address();
     const port = typeof address === "object" && address !== null ? address.port : this.options.port;
     this.url = `http://${this.options.bind.includes(":") ? `[${this.options.bind}]` : this.options.bind}:${port}`;
+
+    if (this.options.restoreRedundancy) {
+      this.redundancyTimer = setInterval(() => void this.checkRedundancy(), REDUNDANCY_CHECK_MS);
+    }
 
     const vms = [];
     for (const vm of placed) {
@@ -245,6 +272,7 @@ export class EmbeddedCluster {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    if (this.redundancyTimer !== null) clearInterval(this.redundancyTimer);
     this.server?.closeAllConnections();
     this.server?.close();
     await Promise.all(this.hosts.map((h) => h.child.stop(CHILD_STOP_GRACE_MS)));
@@ -254,6 +282,64 @@ export class EmbeddedCluster {
   }
 
   // ---- internals ----------------------------------------------------------------------------
+
+  /**
+   * One round of the cluster service: poll every host, note which VMs lost or regained their
+   * backup, and start a live clone for each VM whose primary runs alone (redundancy.ts).
+   */
+  private async checkRedundancy(): Promise<void> {
+    if (this.redundancyChecking || this.stopping) return;
+    this.redundancyChecking = true;
+    try {
+      await Promise.all(this.hosts.map((host) => this.poll(host)));
+      const nowMs = performance.now();
+      const names = new Set(this.hosts.flatMap((h) => (h.child.alive && h.responsive ? (h.last?.vms ?? []) : []).map((vm) => vm.vm)));
+      for (const name of names) {
+        const view = this.vmView(name);
+        const state = String(view.state);
+        const before = this.protection.get(name);
+        if (before !== undefined && before.state === state) continue;
+        this.protection.set(name, { state, sinceMs: nowMs });
+        if (before === undefined) continue;
+        const generation = (view.generation as number | null) ?? null;
+        if (state === "protected") {
+          const backup = view.backup as { host: string } | null;
+          this.clusterEvent("redundancyRestored", `${name} is protected again, its backup on ${backup?.host ?? "?"}`, "up", {
+            vm: name,
+            generation,
+            unprotectedMs: Math.round(nowMs - before.sinceMs),
+          });
+        } else if (before.state === "protected") {
+          this.clusterEvent("redundancyLost", `${name} is ${state}`, "up", { vm: name, generation });
+        }
+      }
+      const busy = new Set([...this.cloning, ...[...this.cloneRetryAtMs].filter(([, atMs]) => atMs > nowMs).map(([vm]) => vm)]);
+      const views = this.hosts.map((h) => ({
+        id: h.id,
+        url: h.url,
+        healthy: h.child.alive && h.responsive && h.last !== null && h.last.connected && h.last.storageReachable,
+        status: h.last,
+      }));
+      for (const action of planClones(views, busy)) void this.startClone(action);
+    } finally {
+      this.redundancyChecking = false;
+    }
+  }
+
+  private async startClone(action: CloneAction): Promise<void> {
+    this.cloning.add(action.vm);
+    this.clusterEvent("cloneRequested", `cloning ${action.vm} from ${action.from.id} to ${action.to.id}`, "up", { vm: action.vm, from: action.from.id, to: action.to.id });
+    try {
+      const host = this.hosts.find((h) => h.id === action.from.id)!;
+      await this.callHost(host, "POST", `/api/vms/${action.vm}/clone`, { to: action.to.url });
+      this.cloneRetryAtMs.delete(action.vm);
+    } catch (error) {
+      this.cloneRetryAtMs.set(action.vm, performance.now() + CLONE_RETRY_MS);
+      this.clusterEvent("cloneFailed", `cloning ${action.vm} to ${action.to.id} failed: ${(error as Error).message}`, "up", { vm: action.vm, to: action.to.id });
+    } finally {
+      this.cloning.delete(action.vm);
+    }
+  }
 
   private vmView(name: string): Record<string, unknown> {
     const sides = this.hosts
@@ -289,6 +375,19 @@ export class EmbeddedCluster {
   }
 
   private async storedGeneration(vm: string): Promise<number> {
+    if (this.options.arbiter !== null) {
+      // The registers are in etcd, and outlive this cluster: continue after the highest set.
+      const { etcdArbiter } = await import("../ft/etcd-arbiter.js");
+      const etcd = etcdArbiter(this.options.arbiter, { hostId: "lockstep-up", log: this.options.log, membership: false });
+      try {
+        const register = await etcd.readGeneration(vm).catch((error: Error) => {
+          throw new LockstepError("USAGE", `cannot read ${vm}'s generation from etcd at ${this.options.arbiter}: ${error.message}`);
+        });
+        return register === null ? 1 : register.generation + 1;
+      } finally {
+        await etcd.close();
+      }
+    }
     const client = await StorageClient.connect(this.storage!.url, { clientId: "lockstep-up" });
     try {
       const register = await client.readGeneration(vm);
@@ -342,6 +441,7 @@ export class EmbeddedCluster {
         msg: String(line.msg ?? ""),
         ...(line.reason !== undefined ? { reason: line.reason } : {}),
         ...(line.address !== undefined ? { address: line.address } : {}),
+        ...Object.fromEntries(EVENT_FIGURES.filter((key) => line[key] !== undefined).map((key) => [key, line[key]])),
       });
       if (this.events.length > EVENTS_MAX) {
         this.events.shift();
@@ -349,6 +449,38 @@ export class EmbeddedCluster {
       }
       for (const waiter of [...this.waiters]) waiter(this.events.at(-1)!);
     }
+  }
+
+  /**
+   * A host daemon as a child process. When one dies (kill -9, a crash) it is started again
+   * under the same id, empty, as a rebooted machine would come back: its VMs have failed over
+   * meanwhile, and the cluster service may place clones on it again.
+   */
+  private async startHost(id: string): Promise<{ child: Child; url: string }> {
+    const { child, ready } = await Child.start({
+      name: id,
+      args: [
+        "host", "--storage", this.storage!.url, "--id", id, "--port", "0", "--bind", this.options.bind,
+        ...(this.options.arbiter === null ? [] : ["--arbiter", this.options.arbiter]),
+      ],
+      env: { LOCKSTEP_TOKEN: this.hostToken },
+      onLog: (line) => this.childLog(id, line),
+      onExit: (code, signal) => {
+        this.childExited(id, code, signal);
+        const entry = this.hosts.find((h) => h.id === id);
+        if (this.stopping || entry === undefined || entry.restarts >= HOST_RESTARTS_MAX) return;
+        entry.restarts++;
+        this.startHost(id).then(
+          ({ child: restarted, url }) => {
+            if (this.stopping) return void restarted.stop(CHILD_STOP_GRACE_MS);
+            Object.assign(entry, { child: restarted, url, last: null, responsive: true });
+            this.clusterEvent("hostRestarted", `${id} restarted (pid ${restarted.pid})`, id);
+          },
+          (error: Error) => this.clusterEvent("hostLost", `${id} could not be restarted: ${error.message}`, id),
+        );
+      },
+    });
+    return { child, url: String(ready.url) };
   }
 
   /**
@@ -381,8 +513,8 @@ export class EmbeddedCluster {
   }
 
   /** An event of the cluster itself, logged like the hosts' events. */
-  private clusterEvent(event: string, msg: string, host = "up"): void {
-    this.childLog(host, { ts: new Date().toISOString(), level: "warn", msg, event, vm: null, generation: null });
+  private clusterEvent(event: string, msg: string, host = "up", fields: Record<string, unknown> = {}): void {
+    this.childLog(host, { ts: new Date().toISOString(), level: "warn", msg, event, vm: null, generation: null, ...fields });
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -405,9 +537,74 @@ export class EmbeddedCluster {
         if (host === undefined || !host.child.alive) throw new ApiError("NOT_FOUND", `no running host ${network[1]}`);
         return sendJson(res, 200, await this.callHost(host, "POST", "/api/network", await readJson(req)));
       }
+      const migrate = /^\/api\/vms\/([^/]+)\/migrate$/.exec(url.pathname);
+      if (req.method === "POST" && migrate !== null) {
+        const parsed = MigrateSchema.safeParse(await readJson(req));
+        if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+        return sendJson(res, 200, await this.migrate(migrate[1]!, parsed.data.role, parsed.data.to));
+      }
       throw new ApiError("NOT_FOUND", `no route ${req.method} ${url.pathname}`);
     } catch (error) {
       sendError(res, error);
+    }
+  }
+
+  /**
+   * `lockstep migrate` (§3.3): moves the VM's primary or backup to host `toId`, with the live
+   * clone of restoring redundancy. A backup: the old one is stopped, the primary runs alone for
+   * a moment, and a clone on `toId` becomes its backup. A primary: its backup is first moved to
+   * `toId` (unless it is there already), then the primary hands off: it stops as a crash would,
+   * and the backup takes over at once, with everything the primary released. Afterwards the
+   * cluster service gives the VM a new backup as after any go-live. Primary and backup never
+   * share a host.
+   */
+  private async migrate(name: string, role: "primary" | "backup", toId: string): Promise<Record<string, unknown>> {
+    if (this.cloning.has(name)) throw new ApiError("CONFLICT", `${name} is being cloned or migrated already`);
+    this.cloning.add(name);
+    const startedMs = performance.now();
+    try {
+      await Promise.all(this.hosts.map((host) => this.poll(host)));
+      const to = this.hosts.find((h) => h.id === toId);
+      if (to === undefined || !to.child.alive || !to.responsive) throw new ApiError("NOT_FOUND", `no running host ${toId}`);
+      const view = this.vmView(name);
+      const primarySide = view.primary as (VmStatus & { host: string }) | null;
+      if (primarySide === null) throw new ApiError("UNAVAILABLE", `${name} has no live primary`);
+      const primaryHost = this.hosts.find((h) => h.id === primarySide.host)!;
+      const backupSide = view.backup as (VmStatus & { host: string }) | null;
+      const from = role === "primary" ? primaryHost.id : (backupSide?.host ?? null);
+      this.clusterEvent("migrationStarted", `migrating ${name}'s ${role} from ${from ?? "nowhere"} to ${toId}`, "up", { vm: name, from, to: toId });
+      if (to === primaryHost) {
+        if (role === "primary") return { vm: name, role, from, to: toId, moved: false };
+        throw new ApiError("CONFLICT", `${toId} runs ${name}'s primary: primary and backup never share a host`);
+      }
+      if (backupSide?.host !== toId) {
+        // The backup moves first, for either role: stop it (it must not contend for the next
+        // generation), let the primary run alone, and clone the primary onto the target.
+        const since = this.eventsDropped + this.events.length;
+        if (backupSide !== null) {
+          const backupHost = this.hosts.find((h) => h.id === backupSide.host)!;
+          await this.callHost(backupHost, "DELETE", `/api/vms/${name}`);
+        }
+        if (primarySide.state !== "alone") {
+          await this.callHost(primaryHost, "POST", `/api/vms/${name}/drop-backup`);
+          await this.nextEvent((e) => e.host === primaryHost.id && e.vm === name && (e.event === "wentAlone" || e.event === "halted"), MIGRATION_STEP_MS, since);
+        }
+        await this.callHost(primaryHost, "POST", `/api/vms/${name}/clone`, { to: to.url });
+      }
+      if (role === "primary") {
+        const since = this.eventsDropped + this.events.length;
+        await this.callHost(primaryHost, "POST", `/api/vms/${name}/hand-off`);
+        await this.callHost(to, "POST", `/api/vms/${name}/take-over`);
+        await this.nextEvent((e) => e.host === toId && e.vm === name && (e.event === "wentLive" || e.event === "halted"), MIGRATION_STEP_MS, since);
+      }
+      const result = { vm: name, role, from, to: toId, moved: true, ms: Math.round(performance.now() - startedMs) };
+      this.clusterEvent("migrationFinished", `${name}'s ${role} now runs on ${toId}`, "up", result);
+      return result;
+    } catch (error) {
+      this.clusterEvent("migrationFailed", `migrating ${name}'s ${role} to ${toId} failed: ${(error as Error).message}`, "up", { vm: name, to: toId });
+      throw error;
+    } finally {
+      this.cloning.delete(name);
     }
   }
 }

@@ -5,6 +5,13 @@
 //   POST   /api/vms                 start a VM (VmSpec); a backup first, then its primary
 //   POST   /api/vms/:vm/control     power-off, pause, resume, memory-max (control entries, §3.3)
 //   DELETE /api/vms/:vm             stop the VM here and forget it
+//   POST   /api/vms/:vm/clone       {"to": "http://HOST:PORT"}: a live clone of this primary
+//                                   becomes its backup on that host (§3.1)
+//   POST   /api/vms/:vm/hand-off    a migration's steps (§3.3): end this primary as a crash
+//   POST   /api/vms/:vm/take-over   would; make this backup go live now; let this primary
+//   POST   /api/vms/:vm/drop-backup run alone now, its backup stopped by the operator
+//   POST   /api/clones              (application/octet-stream: spec and snapshot, from a
+//                                   primary's host) start a backup from a running primary's snapshot
 //   POST   /api/network             {"connected": false}: cut this host off from its peers
 //                                   (a partition: its VMs lose channels, switch and storage);
 //                                   {"connected": true} joins again
@@ -20,12 +27,16 @@ import { WebSocketServer } from "ws";
 import { z } from "zod";
 import { FRAME_BYTES_MAX } from "../../protocol/codec.js";
 import { LockstepError } from "../errors.js";
+import { channelDeflate, logCompressionDefault } from "../ft/channel.js";
 import type { Logger } from "../log.js";
 import { NetworkGate } from "../network-gate.js";
 import type { StorageClient } from "../storage/client.js";
-import { ApiError, checkToken, isLoopback, readJson, sendError, sendJson } from "./http.js";
+import type { Arbiter } from "../ft/arbiter.js";
+import { type CloneBody, decodeClone, SNAPSHOT_BYTES_MAX } from "../vm/snapshot-wire.js";
+import type { VmSnapshot } from "../vm/snapshot.js";
+import { ApiError, checkToken, isLoopback, readBody, readJson, sendError, sendJson } from "./http.js";
 import { type HostContext, HostedVm, type VmStatus } from "./hosted-vm.js";
-import { ControlSchema, describeIssues, VM_NAME, VmSpecSchema } from "./vm-spec.js";
+import { ControlSchema, describeIssues, VM_NAME, type VmSpec, VmSpecSchema } from "./vm-spec.js";
 
 /** VMs one host runs at most: each is a worker thread and its memory. */
 export const HOST_VMS_MAX = 64;
@@ -36,6 +47,8 @@ export interface HostDaemonOptions {
   port: number;
   token: string | null;
   storage: StorageClient;
+  /** The go-live arbiter (`--arbiter`); null: the storage server's registers. */
+  arbiter: Arbiter | null;
   log: Logger;
 }
 
@@ -50,10 +63,17 @@ export interface HostStatus {
 }
 
 const NetworkSchema = z.object({ connected: z.boolean() }).strict();
+const MIGRATION_STEPS: Record<string, ((vm: HostedVm) => void) | undefined> = {
+  "hand-off": (vm) => vm.handOff(),
+  "take-over": (vm) => vm.takeOver(),
+  "drop-backup": (vm) => vm.dropBackup(),
+};
+const CloneSchema = z.object({ to: z.string().url().startsWith("http") }).strict();
 
 export class HostDaemon {
   private readonly vms = new Map<string, HostedVm>();
-  private readonly channels = new WebSocketServer({ noServer: true, maxPayload: 2 * FRAME_BYTES_MAX });
+  // Log compression is negotiated per connection: accepted here if this host has it on.
+  private readonly channels = new WebSocketServer({ noServer: true, maxPayload: 2 * FRAME_BYTES_MAX, perMessageDeflate: channelDeflate(logCompressionDefault()) });
   private readonly context: HostContext;
 
   private constructor(
@@ -67,7 +87,7 @@ export class HostDaemon {
       // Every logging channel this host accepted goes with the cut, as on a real partition.
       if (!connected) for (const socket of this.channels.clients) socket.terminate();
     });
-    this.context = { hostId: options.id, bind: options.bind, storage: options.storage, token: options.token, log: options.log, network };
+    this.context = { hostId: options.id, bind: options.bind, storage: options.storage, arbiter: options.arbiter, token: options.token, log: options.log, network };
   }
 
   static async start(options: HostDaemonOptions): Promise<HostDaemon> {
@@ -114,6 +134,7 @@ export class HostDaemon {
       const parts = url.pathname.split("/").filter((p) => p.length > 0);
       if (req.method === "GET" && url.pathname === "/api/status") return sendJson(res, 200, this.status());
       if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startVm(await readJson(req)));
+      if (req.method === "POST" && url.pathname === "/api/clones") return sendJson(res, 201, await this.startClone(await readBody(req, SNAPSHOT_BYTES_MAX)));
       if (req.method === "POST" && url.pathname === "/api/network") {
         const parsed = NetworkSchema.safeParse(await readJson(req));
         if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
@@ -131,6 +152,19 @@ export class HostDaemon {
           this.options.log.info("control", { vm: vm.spec.vm, action: parsed.data.action, value: parsed.data.value ?? null, event: "control" });
           return sendJson(res, 202, { vm: vm.spec.vm, action: parsed.data.action });
         }
+        const step = parts.length === 4 && req.method === "POST" ? MIGRATION_STEPS[parts[3]!] : undefined;
+        if (step !== undefined) {
+          step(vm);
+          this.options.log.info("migration step", { vm: vm.spec.vm, step: parts[3], event: "migrationStep" });
+          return sendJson(res, 202, { vm: vm.spec.vm, step: parts[3] });
+        }
+        if (req.method === "POST" && parts[3] === "clone" && parts.length === 4) {
+          const parsed = CloneSchema.safeParse(await readJson(req));
+          if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+          if (parsed.data.to.replace(/\/$/, "") === this.url) throw new ApiError("CONFLICT", "primary and backup never share a host");
+          if (!this.context.network.connected) throw new ApiError("UNAVAILABLE", "this host is cut off from the network");
+          return sendJson(res, 201, await vm.clone(parsed.data.to.replace(/\/$/, ""), this.context));
+        }
         if (req.method === "DELETE" && parts.length === 3) {
           await vm.stop();
           this.vms.delete(vm.spec.vm);
@@ -145,14 +179,30 @@ export class HostDaemon {
     }
   }
 
-  private async startVm(body: unknown): Promise<VmStatus & { channelUrl: string | null }> {
+  /** A backup from a running primary's snapshot: the receiving end of a live clone. */
+  private async startClone(body: Buffer): Promise<VmStatus & { channelUrl: string | null }> {
+    let clone: CloneBody<VmSpec>;
+    try {
+      clone = decodeClone(body, (spec) => {
+        const parsed = VmSpecSchema.safeParse(spec);
+        if (!parsed.success) throw new Error(describeIssues(parsed.error));
+        return parsed.data;
+      });
+    } catch (error) {
+      throw new ApiError("BAD_REQUEST", (error as Error).message);
+    }
+    if (clone.spec.role !== "backup") throw new ApiError("BAD_REQUEST", "a clone starts a backup");
+    return this.startVm(clone.spec, clone.snapshot);
+  }
+
+  private async startVm(body: unknown, restore?: VmSnapshot): Promise<VmStatus & { channelUrl: string | null }> {
     const parsed = VmSpecSchema.safeParse(body);
     if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
     const spec = parsed.data;
     const existing = this.vms.get(spec.vm);
     if (existing?.running) throw new ApiError("CONFLICT", `${spec.vm} already runs here as ${existing.spec.role}`);
     if (this.vms.size >= HOST_VMS_MAX && existing === undefined) throw new ApiError("UNAVAILABLE", `this host runs ${HOST_VMS_MAX} VMs already`);
-    const vm = await HostedVm.start(spec, this.context);
+    const vm = await HostedVm.start(spec, this.context, restore);
     this.vms.set(spec.vm, vm);
     const channelUrl = spec.role === "backup" ? `${this.url.replace(/^http/, "ws")}/channel/${spec.vm}` : null;
     return { ...vm.status(), channelUrl };

@@ -10,13 +10,15 @@ import { SwitchNic } from "../devices/switch-nic.js";
 import type { Logger } from "../log.js";
 import type { NetworkGate } from "../network-gate.js";
 import type { StorageClient } from "../storage/client.js";
-import { storageArbiter } from "../ft/arbiter.js";
+import { type Arbiter, gatedArbiter, storageArbiter } from "../ft/arbiter.js";
 import { BackupDriver, type BackupStatus } from "../ft/backup-driver.js";
 import { PrimaryDriver, type PrimaryStatus, type VmDevices } from "../ft/primary-driver.js";
 import { loadGuest } from "../vm/guest.js";
 import { type NicFactory, openDisk } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
-import { ApiError } from "./http.js";
+import { encodeClone } from "../vm/snapshot-wire.js";
+import type { VmSnapshot } from "../vm/snapshot.js";
+import { ApiError, fetchJson } from "./http.js";
 import type { ControlRequest, VmSpec } from "./vm-spec.js";
 
 const PAGES_PER_MIB = 16;
@@ -26,6 +28,8 @@ export interface HostContext {
   /** Where guest ports listen (the host's bind address). */
   bind: string;
   storage: StorageClient;
+  /** The go-live test-and-set (`--arbiter`); null: the storage server's registers. */
+  arbiter: Arbiter | null;
   /** The shared secret of the logging channel, if any. */
   token: string | null;
   /** The host's network, which an operator may cut (network-gate.ts). */
@@ -41,6 +45,25 @@ export type VmStatus = (PrimaryStatus | BackupStatus) & {
   /** Set once the VM stopped on this host: how. */
   result: { stop: VmResult["stop"]; message: string | null; icount: bigint } | null;
 };
+
+/** The primary has this long to reach a point where the guest can be snapshotted. */
+const CLONE_SNAPSHOT_TIMEOUT_MS = 10_000;
+/** Sending the snapshot and starting the backup from it (the driver's own bound is longer). */
+const CLONE_TRANSFER_TIMEOUT_MS = 50_000;
+
+export interface CloneResult {
+  vm: string;
+  generation: number;
+  target: string;
+  /** The log position and count the new backup starts from. */
+  seq: number;
+  icount: bigint;
+  /** The snapshot as sent. */
+  bytes: number;
+  /** From the request to the snapshot (the guest is paused only for part of it), and overall. */
+  snapshotMs: number;
+  totalMs: number;
+}
 
 export class HostedVm {
   /** sha256 of the instrumented module: primary and backup must run exactly the same code. */
@@ -61,7 +84,8 @@ export class HostedVm {
     });
   }
 
-  static async start(spec: VmSpec, context: HostContext): Promise<HostedVm> {
+  /** Starts `spec` here; a backup from `restore` is a live clone of its running primary (§3.1). */
+  static async start(spec: VmSpec, context: HostContext, restore?: VmSnapshot): Promise<HostedVm> {
     const guest = loadGuest(spec.guest);
     const moduleHash = createHash("sha256").update(guest.module.wasm).digest("hex");
     const fields = { vm: spec.vm };
@@ -108,7 +132,7 @@ export class HostedVm {
       timeoutMs: spec.timeoutMs,
       network: context.network,
       module: guest.module,
-      arbiter: storageArbiter(context.storage),
+      arbiter: context.arbiter === null ? storageArbiter(context.storage) : gatedArbiter(context.arbiter, context.network),
       token: context.token ?? undefined,
       devices,
       log,
@@ -116,13 +140,63 @@ export class HostedVm {
     const driver =
       spec.role === "primary"
         ? new PrimaryDriver({ ...common, backupUrl: withModule(spec.backupUrl!, moduleHash) })
-        : new BackupDriver({ ...common, ownListener: false });
+        : new BackupDriver({ ...common, ownListener: false, ...(restore === undefined ? {} : { restore }) });
     vm = new HostedVm(spec, driver, moduleHash);
     void vm.done.then((result) => {
       context.log.info("vm stopped", { ...now(), event: "stopped", stop: result.stop, message: result.message, icount: result.icount });
     });
-    context.log.info("vm started", { ...fields, generation: spec.generation, role: spec.role, guest: spec.guest, event: "started" });
+    context.log.info("vm started", {
+      ...fields,
+      generation: spec.generation,
+      role: spec.role,
+      guest: spec.guest,
+      event: "started",
+      ...(restore === undefined ? {} : { clonedAtSeq: restore.seq, clonedAtIcount: restore.icount }),
+    });
     return vm;
+  }
+
+  /** The primary running this VM here: the one it was started as, or the backup's successor. */
+  get primary(): PrimaryDriver | null {
+    return this.driver instanceof PrimaryDriver ? this.driver : this.driver.successor;
+  }
+
+  /**
+   * Live clone (§3.1): snapshot this primary, start a backup from the snapshot on the host at
+   * `targetUrl`, and connect the logging channel to it. The guest runs on throughout, except
+   * while the snapshot is taken; its records and outputs wait in the log buffer until the new
+   * backup acknowledges them (the Output Rule holds from the snapshot on).
+   */
+  async clone(targetUrl: string, context: HostContext): Promise<CloneResult> {
+    const primary = this.primary;
+    if (primary === null || !this.running) throw new ApiError("CONFLICT", `${this.spec.vm} is not a running primary here`);
+    const startedMs = performance.now();
+    let snapshot: VmSnapshot;
+    try {
+      snapshot = await primary.beginClone(CLONE_SNAPSHOT_TIMEOUT_MS);
+    } catch (error) {
+      throw new ApiError("CONFLICT", `cannot clone ${this.spec.vm}: ${(error as Error).message}`);
+    }
+    const snapshotMs = performance.now() - startedMs;
+    const generation = primary.status().generation;
+    const spec: VmSpec = { ...this.spec, role: "backup", generation, backupUrl: undefined, ports: {} };
+    delete spec.backupUrl;
+    try {
+      const body = encodeClone({ spec, snapshot });
+      const answer = (await fetchJson(`${targetUrl}/api/clones`, { token: context.token, timeoutMs: CLONE_TRANSFER_TIMEOUT_MS, method: "POST", body })) as {
+        channelUrl: string;
+      };
+      // Answered once the logging channel is up: the VM is protected again from here on.
+      if (!(await primary.connectBackup(withModule(answer.channelUrl, this.moduleHash)))) {
+        throw new ApiError("UNAVAILABLE", `the clone of ${this.spec.vm} on ${targetUrl} never connected`);
+      }
+      const result = { vm: this.spec.vm, generation, target: targetUrl, seq: snapshot.seq, icount: snapshot.icount, bytes: body.length, snapshotMs, totalMs: performance.now() - startedMs };
+      context.log.info("clone started", { ...result, event: "cloneStarted" });
+      return result;
+    } catch (error) {
+      primary.abandonClone((error as Error).message);
+      throw error instanceof ApiError ? error : new ApiError("UNAVAILABLE", `cannot clone ${this.spec.vm} to ${targetUrl}: ${(error as Error).message}`);
+    }
   }
 
   get running(): boolean {
@@ -146,18 +220,39 @@ export class HostedVm {
       "memory-max": ControlKind.MemoryMax,
     }[request.action];
     const value = request.action === "memory-max" ? request.value! * PAGES_PER_MIB : 0;
-    if (this.driver instanceof PrimaryDriver) {
-      this.driver.control(kind, value);
-    } else {
-      // A replaying backup takes its controls from the primary's log, never from an operator.
-      if (this.driver.core.state !== "live") throw new ApiError("CONFLICT", `${this.spec.vm} is a backup here: send controls to its primary`);
-      this.driver.machine.control(kind, value);
+    // A replaying backup takes its controls from the primary's log, never from an operator.
+    const primary = this.primary;
+    if (primary === null) throw new ApiError("CONFLICT", `${this.spec.vm} is a backup here: send controls to its primary`);
+    primary.control(kind, value);
+  }
+
+  /**
+   * A migration's steps (§3.3): `handOff` ends the primary here as a crash would (no End
+   * record, so its backup may take over), `takeOver` makes the backup here go live at once,
+   * and `dropBackup` lets a primary whose backup was stopped run alone without waiting.
+   */
+  handOff(): void {
+    const primary = this.primary;
+    if (primary === null || !this.running) throw new ApiError("CONFLICT", `${this.spec.vm} is not a running primary here`);
+    primary.crash();
+  }
+
+  takeOver(): void {
+    if (!(this.driver instanceof BackupDriver) || this.driver.successor !== null || !this.running) {
+      throw new ApiError("CONFLICT", `${this.spec.vm} is not a replaying backup here`);
     }
+    this.driver.takeOver();
+  }
+
+  dropBackup(): void {
+    const primary = this.primary;
+    if (primary === null || !this.running) throw new ApiError("CONFLICT", `${this.spec.vm} is not a running primary here`);
+    primary.dropBackup();
   }
 
   /** Stops the VM here (an operator's stop, or the host shutting down): no go-live follows. */
   async stop(): Promise<void> {
-    if (this.driver instanceof PrimaryDriver || this.driver.core.state === "live") this.driver.machine.stop();
+    if (this.primary !== null) this.driver.machine.stop();
     else this.driver.machine.kill();
     await this.done;
   }
@@ -190,3 +285,4 @@ function switchNic(url: string, context: HostContext, now: () => { vm: string; g
 function withModule(url: string, moduleHash: string): string {
   return `${url}${url.includes("?") ? "&" : "?"}module=${moduleHash}`;
 }
+

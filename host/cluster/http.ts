@@ -56,16 +56,23 @@ export function sendError(res: ServerResponse, error: unknown): void {
   sendJson(res, apiError.status, { error: { code: apiError.code, message: apiError.message } });
 }
 
-/** The request's JSON body, at most REQUEST_BYTES_MAX bytes; an empty body is `{}`. */
-export async function readJson(req: IncomingMessage): Promise<unknown> {
+/** The request's body, refused once it passes `bytesMax` (a declared length over it, unread). */
+export async function readBody(req: IncomingMessage, bytesMax: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"] ?? 0);
+  if (declared > bytesMax) throw new ApiError("TOO_LARGE", `request body of ${declared} bytes, over ${bytesMax}`);
   const chunks: Buffer[] = [];
   let bytes = 0;
   for await (const chunk of req) {
     bytes += (chunk as Buffer).length;
-    if (bytes > REQUEST_BYTES_MAX) throw new ApiError("TOO_LARGE", `request body over ${REQUEST_BYTES_MAX} bytes`);
+    if (bytes > bytesMax) throw new ApiError("TOO_LARGE", `request body over ${bytesMax} bytes`);
     chunks.push(chunk as Buffer);
   }
-  const text = Buffer.concat(chunks).toString("utf8").trim();
+  return Buffer.concat(chunks);
+}
+
+/** The request's JSON body, at most REQUEST_BYTES_MAX bytes; an empty body is `{}`. */
+export async function readJson(req: IncomingMessage): Promise<unknown> {
+  const text = (await readBody(req, REQUEST_BYTES_MAX)).toString("utf8").trim();
   if (text.length === 0) return {};
   try {
     return JSON.parse(text) as unknown;
@@ -89,15 +96,19 @@ export function isLoopback(host: string): boolean {
   return host === "::1";
 }
 
-/** GET with a JSON answer and a deadline, for the cluster's polling of its hosts. */
+/**
+ * A request with a JSON answer and a deadline, for the cluster's polling of its hosts. A body
+ * that is a Buffer goes as it is (application/octet-stream), anything else as JSON.
+ */
 export async function fetchJson(url: string, options: { token?: string | null; timeoutMs: number; method?: string; body?: unknown }): Promise<unknown> {
+  const binary = Buffer.isBuffer(options.body);
   const response = await fetch(url, {
     method: options.method ?? "GET",
     headers: {
       ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
-      ...(options.body !== undefined ? { "content-type": "application/json" } : {}),
+      ...(options.body !== undefined ? { "content-type": binary ? "application/octet-stream" : "application/json" } : {}),
     },
-    body: options.body === undefined ? undefined : toJson(options.body),
+    body: options.body === undefined ? undefined : binary ? (options.body as Buffer) : toJson(options.body),
     signal: AbortSignal.timeout(options.timeoutMs),
   });
   const text = await response.text();

@@ -17,7 +17,9 @@ import { Channel, listenForChannels } from "./channel.js";
 import { TICK_MS, timeoutTicksFor } from "./config.js";
 import { SilenceMeter } from "./silence.js";
 import type { PrimaryToBackup } from "./messages.js";
-import type { DriverLog, VmDevices } from "./primary-driver.js";
+import { assert } from "../errors.js";
+import type { VmSnapshot } from "../vm/snapshot.js";
+import { type DriverLog, PrimaryDriver, PROGRESS_MS, type PrimaryStatus, type RecordHooks, type VmDevices } from "./primary-driver.js";
 
 export interface BackupDriverOptions {
   vmId: string;
@@ -38,7 +40,17 @@ export interface BackupDriverOptions {
   ownListener?: boolean;
   host?: string;
   port?: number;
+  /**
+   * Accept permessage-deflate on its own listener (default off unless $LOCKSTEP_LOG_COMPRESSION
+   * is "on"); a host daemon's listener has the daemon's setting.
+   */
+  logCompression?: boolean;
   devices?: VmDevices;
+  /**
+   * Start from this snapshot of the running primary instead of booting the guest (a live
+   * clone, §3.1): the log this backup receives begins at `restore.seq`.
+   */
+  restore?: VmSnapshot;
   onLive?: (generation: number, icount: bigint) => void;
   log?: DriverLog;
 }
@@ -52,6 +64,11 @@ export interface BackupStatus {
   receivedSeq: bigint;
   replayedSeq: bigint;
   channelOpen: boolean;
+  /** Whether the current (or last) connection negotiated permessage-deflate. */
+  logCompression: boolean;
+  /** Channel-frame bytes received on the logging channel, and what they took on TCP. */
+  logBytesReceived: number;
+  logWireBytesReceived: number;
   /** The longest silence from the peer while paired, in ms (against the failure timeout). */
   silenceMsMax: number;
 }
@@ -90,10 +107,19 @@ export class BackupDriver {
   readonly listening: Promise<number>;
   private readonly feed = new RecordFeed();
   private channel: Channel | null = null;
+  /** Bytes received on earlier connections of the logging channel. */
+  private bytesReceivedBefore = 0;
+  private wireBytesReceivedBefore = 0;
   private server: WebSocketServer | null = null;
   /** The vCPU has switched to live: what it outputs from here on is this VM's, not a replay's. */
   private vcpuLive = false;
   private liveGeneration: number | null = null;
+  /**
+   * The primary this VM became on going live: it owns the vCPU from then on, recording, so
+   * that it can be cloned to a new backup and be fault tolerant again (§3.1).
+   */
+  successor: PrimaryDriver | null = null;
+  private successorHooks: RecordHooks | null = null;
   private icount = 0n;
   private readonly silence = new SilenceMeter();
   private readonly ticker: NodeJS.Timeout;
@@ -108,13 +134,26 @@ export class BackupDriver {
       generation: options.generation ?? 1,
       hostId: options.hostId,
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+      ...(options.restore === undefined ? {} : { startSeq: BigInt(options.restore.seq), startIcount: options.restore.icount }),
     });
+    this.icount = options.restore?.icount ?? 0n;
     const onConsole = options.devices?.onConsole;
     this.machine = new Machine({
       mode: "replay",
-      goLiveAs: "live",
+      // Live, it records as a primary does, so that a clone can pair it with a new backup.
+      goLiveAs: "record",
+      markOutputs: true,
+      progressMs: PROGRESS_MS,
       module: options.module,
       ...options.devices,
+      restore: options.restore ?? null,
+      // Records and outputs of the live vCPU belong to the successor; a replay has none of its
+      // own except console text, which the gate below drops.
+      onRecords: (records) => {
+        assert(this.successorHooks !== null, "records only once live");
+        this.successorHooks.onRecords(records);
+      },
+      holdOutput: (seq, release) => (this.vcpuLive && this.successorHooks !== null ? this.successorHooks.holdOutput(seq, release) : release()),
       // A backup's outputs are dropped (§2.2). The vCPU's messages arrive in order, so every
       // output before its "live" message was replayed, even after the core decided to go live.
       onConsole: (text) => {
@@ -134,7 +173,7 @@ export class BackupDriver {
     this.listening =
       options.ownListener === false
         ? Promise.resolve(0)
-        : listenForChannels(options.host ?? "127.0.0.1", options.port ?? 0, (socket) => this.accept(socket)).then(
+        : listenForChannels(options.host ?? "127.0.0.1", options.port ?? 0, (socket) => this.accept(socket), options.logCompression).then(
             ({ server, port }) => {
               this.server = server;
               return port;
@@ -185,9 +224,25 @@ export class BackupDriver {
       },
       (line) => this.log(line),
     );
+    if (this.channel !== null) {
+      this.bytesReceivedBefore += this.channel.bytesReceived;
+      this.wireBytesReceivedBefore += this.channel.wireBytesReceived;
+    }
     this.channel = channel;
     this.core.channelUp();
     this.silence.connected(performance.now());
+    this.pump();
+  }
+
+  /**
+   * Go live now, without waiting for the failure timeout: an operator has stopped this
+   * backup's primary (a migration hands the VM over here). Replays what it holds, wins the
+   * next generation and goes live, exactly as after a failure.
+   */
+  takeOver(): void {
+    if (this.core.state !== "replaying") return;
+    this.log({ level: "warn", msg: "taking over from a stopped primary", event: "takeOver" });
+    this.core.primaryLost();
     this.pump();
   }
 
@@ -196,7 +251,8 @@ export class BackupDriver {
     this.machine.stop();
   }
 
-  status(): BackupStatus {
+  status(): BackupStatus | PrimaryStatus {
+    if (this.successor !== null) return this.successor.status();
     const position = this.core.position();
     return {
       role: "backup",
@@ -206,6 +262,9 @@ export class BackupDriver {
       receivedSeq: position.receivedSeq,
       replayedSeq: position.replayedSeq,
       channelOpen: this.channel?.open ?? false,
+      logCompression: this.channel?.compressed ?? false,
+      logBytesReceived: this.bytesReceivedBefore + (this.channel?.bytesReceived ?? 0),
+      logWireBytesReceived: this.wireBytesReceivedBefore + (this.channel?.wireBytesReceived ?? 0),
       silenceMsMax: this.silence.longestMs,
     };
   }
@@ -243,6 +302,22 @@ export class BackupDriver {
       this.liveGeneration = ready.goLive.generation;
       this.log({ level: "warn", msg: "went live", event: "wentLive", icount: ready.goLive.icount });
       clearInterval(this.ticker);
+      // The successor takes the vCPU before the log ends, so that it sees every live record.
+      const { generation, nextSeq, icount } = ready.goLive;
+      this.successor = new PrimaryDriver({
+        vmId: this.options.vmId,
+        hostId: this.options.hostId,
+        module: this.options.module,
+        arbiter: this.options.arbiter,
+        generation,
+        backupUrl: null,
+        adopt: { machine: this.machine, startSeq: nextSeq, startIcount: icount, attach: (hooks) => (this.successorHooks = hooks) },
+        ...(this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs }),
+        ...(this.options.network === undefined ? {} : { network: this.options.network }),
+        ...(this.options.token === undefined ? {} : { token: this.options.token }),
+        ...(this.options.logCompression === undefined ? {} : { logCompression: this.options.logCompression }),
+        ...(this.options.log === undefined ? {} : { log: this.options.log }),
+      });
       this.feed.end();
       this.options.onLive?.(ready.goLive.generation, ready.goLive.icount);
     }

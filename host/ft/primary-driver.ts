@@ -2,7 +2,9 @@
 // in the order PrimaryReady documents: stall and CPU share first, then send, then switch
 // generation, then release outputs, then ask the arbiter, then halt.
 
-import type { ControlKind } from "../../protocol/records.js";
+import type { ControlKind, LogRecord } from "../../protocol/records.js";
+import { assert, LockstepError } from "../errors.js";
+import type { VmSnapshot } from "../vm/snapshot.js";
 import { FAILPOINT_LOG_DELAY_MS, failpoint } from "../failpoints.js";
 import type { NetworkGate } from "../network-gate.js";
 import type { InstrumentedModule } from "../instrument/index.js";
@@ -32,7 +34,14 @@ export type DriverLog = (line: Record<string, unknown>) => void;
  * so that its backup replays a compute-bound stretch as it happens rather than all at once at
  * the next output. 20 ms: lag stays far below the 1 s lag limit, at 16 bytes a record.
  */
-const PROGRESS_MS = 20;
+export const PROGRESS_MS = 20;
+
+/**
+ * A clone's backup must connect within this long of its snapshot, or it is declared lost (and
+ * the primary runs alone again, one generation on). It covers sending the snapshot and
+ * starting the backup from it: about a second for 64 MiB on one machine.
+ */
+const CLONE_CONTACT_MS_MAX = 60_000;
 
 export type VmDevices = Pick<
   MachineOptions,
@@ -43,8 +52,16 @@ export interface PrimaryDriverOptions {
   vmId: string;
   hostId: string;
   module: InstrumentedModule;
-  /** The backup's logging-channel endpoint (ws://...). */
-  backupUrl: string;
+  /**
+   * The backup's logging-channel endpoint (ws://...); null for a primary that starts alone
+   * (a backup that went live) and pairs later with a clone (`clone`).
+   */
+  backupUrl: string | null;
+  /**
+   * A vCPU that already runs, recording, instead of a new one: a backup's, gone live (§2.3).
+   * It hands its records and outputs to `attach`'s hooks from `startSeq` on.
+   */
+  adopt?: AdoptedMachine;
   arbiter: Arbiter;
   /** The pair's generation (default 1). */
   generation?: number;
@@ -56,9 +73,29 @@ export interface PrimaryDriverOptions {
   /** The guest's devices: listen addresses, disk, console. */
   devices?: VmDevices;
   lagMsMax?: number;
+  /**
+   * Offer permessage-deflate on the logging channel (default off unless $LOCKSTEP_LOG_COMPRESSION
+   * is "on"); it is used only if the backup's side accepts it (docs/performance.md).
+   */
+  logCompression?: boolean;
   /** Called as each output leaves, with the count of records before it and how long it was held. */
   onRelease?: (seq: number, heldMs: number) => void;
   log?: DriverLog;
+}
+
+/** What a primary needs from a vCPU it did not start (BackupDriver, on going live). */
+export interface AdoptedMachine {
+  machine: Machine;
+  /** The log position and count where this primary's records begin. */
+  startSeq: bigint;
+  startIcount: bigint;
+  attach(hooks: RecordHooks): void;
+}
+
+/** Where a recording vCPU's records and outputs go (MachineOptions.onRecords, holdOutput). */
+export interface RecordHooks {
+  onRecords(records: LogRecord[]): void;
+  holdOutput(seq: number, release: () => void): void;
 }
 
 export interface PrimaryStatus {
@@ -77,8 +114,12 @@ export interface PrimaryStatus {
   channelOpen: boolean;
   /** The longest silence from the peer while paired, in ms (against the failure timeout). */
   silenceMsMax: number;
-  /** Bytes sent on the logging channel since this VM started, over every connection. */
+  /** Channel-frame bytes sent on the logging channel since this VM started, over every connection. */
   logBytesSent: number;
+  /** What those frames took on the TCP connections: after compression, with WebSocket headers. */
+  logWireBytesSent: number;
+  /** Whether the current (or last) connection negotiated permessage-deflate. */
+  logCompression: boolean;
   /** How long the Output Rule held the last outputs (up to HOLD_SAMPLES), in ms. */
   outputHoldMsP50: number | null;
   outputHoldMsP99: number | null;
@@ -88,7 +129,9 @@ export class PrimaryDriver {
   readonly core: PrimaryCore;
   readonly machine: Machine;
   readonly done: Promise<VmResult>;
-  private channel: Channel;
+  /** The logging channel; null while there is no backup to send to. */
+  private channel: Channel | null = null;
+  private backupUrl: string | null;
   private readonly held = new Map<number, { seq: number; release: () => void; heldSinceMs: number }>();
   private nextOutputId = 1;
   private readonly ticker: NodeJS.Timeout;
@@ -103,53 +146,154 @@ export class PrimaryDriver {
   private reportedState: PrimaryState = "paired";
   /** Bytes sent on earlier connections of the logging channel. */
   private bytesSentBefore = 0;
+  private wireBytesSentBefore = 0;
   private ended = false;
+  /** A clone's snapshot is requested and not yet taken. */
+  private cloning = false;
+  private cloneContactTimer: NodeJS.Timeout | undefined = undefined;
+  private onBackupContact: ((connected: boolean) => void) | null = null;
   private readonly holdMs = new Float64Array(HOLD_SAMPLES);
   private holdCount = 0;
   private readonly log: DriverLog;
 
   constructor(private readonly options: PrimaryDriverOptions) {
     this.log = (line) => options.log?.({ vm: options.vmId, role: "primary", generation: this.core.generation, ...line });
+    assert((options.backupUrl === null) === (options.adopt !== undefined), "a new primary pairs at once; an adopted one starts alone");
     this.core = new PrimaryCore({
       vmId: options.vmId,
       generation: options.generation ?? 1,
       hostId: options.hostId,
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+      ...(options.adopt === undefined
+        ? {}
+        : { mode: "alone" as const, startSeq: options.adopt.startSeq, startIcount: options.adopt.startIcount }),
     });
-    this.machine = new Machine({
-      mode: "record",
-      module: options.module,
-      // Each output gets a marker record: the backup holds it before the output leaves, so a
-      // backup that goes live emits exactly the outputs the primary did not (docs/ft-protocol.md).
-      markOutputs: true,
-      progressMs: PROGRESS_MS,
-      ...options.devices,
-      onRecords: (records) => {
-        const last = records.at(-1);
-        if (last !== undefined) {
-          this.icount = last.icount;
-          this.lag.sample(last.icount, performance.now());
-        }
-        this.core.append(records);
-        this.pump();
-      },
-      holdOutput: (seq, release) => {
-        if (failpoint("release-before-ack")) return release();
-        const id = this.nextOutputId++;
-        this.held.set(id, { seq, release, heldSinceMs: performance.now() });
-        this.core.output(id, BigInt(seq));
-        this.pump();
-      },
-    });
-    this.channel = this.connect();
-    const unsubscribe = options.network?.onChange((connected) => (connected ? this.reconnect() : this.channel.terminate()));
+    this.reportedState = this.core.state;
+    this.icount = options.adopt?.startIcount ?? 0n;
+    const hooks: RecordHooks = {
+      onRecords: (records) => this.recordsAppended(records),
+      holdOutput: (seq, release) => this.outputHeld(seq, release),
+    };
+    if (options.adopt !== undefined) {
+      this.machine = options.adopt.machine;
+      options.adopt.attach(hooks);
+    } else {
+      this.machine = new Machine({
+        mode: "record",
+        module: options.module,
+        markOutputs: true,
+        progressMs: PROGRESS_MS,
+        ...options.devices,
+        ...hooks,
+      });
+    }
+    this.backupUrl = options.backupUrl;
+    if (this.backupUrl !== null) this.channel = this.connect(this.backupUrl);
+    const unsubscribe = options.network?.onChange((connected) => (connected ? this.reconnect() : this.channel?.terminate()));
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.done = this.machine.done.finally(() => {
       unsubscribe?.();
       this.ended = true;
       clearInterval(this.ticker);
-      this.channel.terminate();
+      clearTimeout(this.cloneContactTimer);
+      this.contacted(false);
+      this.channel?.terminate();
     });
+  }
+
+  /** The vCPU logged these records (in order, dense). */
+  private recordsAppended(records: LogRecord[]): void {
+    const last = records.at(-1);
+    if (last !== undefined) {
+      this.icount = last.icount;
+      this.lag.sample(last.icount, performance.now());
+    }
+    this.core.append(records);
+    this.pump();
+  }
+
+  /**
+   * Each output comes after a marker record (markOutputs): the backup holds the marker before
+   * the output leaves, so a backup that goes live emits exactly the outputs the primary did
+   * not (docs/ft-protocol.md).
+   */
+  private outputHeld(seq: number, release: () => void): void {
+    if (failpoint("release-before-ack")) return release();
+    const id = this.nextOutputId++;
+    this.held.set(id, { seq, release, heldSinceMs: performance.now() });
+    this.core.output(id, BigInt(seq));
+    this.pump();
+  }
+
+  /**
+   * Live clone, first half (§3.1): snapshot the running guest and start recording for a new
+   * backup from exactly that point. Records and outputs from here on wait in the core (bounded:
+   * the vCPU stalls if the clone takes long) until `connectBackup` names where the backup
+   * listens. Only a primary running alone can clone.
+   */
+  beginClone(snapshotTimeoutMs: number): Promise<VmSnapshot> {
+    if (this.core.state !== "alone" || this.cloning) {
+      return Promise.reject(new LockstepError("CLONE_REFUSED", `${this.options.vmId} is ${this.cloning ? "cloning" : this.core.state}, not alone: it has a backup or is getting one`));
+    }
+    this.cloning = true;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.cloning = false;
+        reject(new LockstepError("CLONE_REFUSED", `the guest reached no point to snapshot it at within ${snapshotTimeoutMs} ms`));
+      }, snapshotTimeoutMs);
+      this.machine.snapshot((snapshot) => {
+        clearTimeout(timer);
+        // Too late, or the VM halted meanwhile: this snapshot starts nothing.
+        if (!this.cloning || this.core.state !== "alone") return;
+        this.cloning = false;
+        // Synchronous with the snapshot's arrival: every record before snapshot.seq has been
+        // appended, none after it, so the new backup's log starts exactly at the snapshot.
+        assert(this.core.nextSeq === BigInt(snapshot.seq), "records up to the snapshot arrive before it");
+        this.core.pair();
+        this.reportedState = "paired";
+        // The core does not count the silence of a backup that has not connected yet: bound it here.
+        this.cloneContactTimer = setTimeout(() => this.abandonClone("the new backup never connected"), CLONE_CONTACT_MS_MAX);
+        this.log({ level: "info", msg: "clone snapshot taken", event: "cloneSnapshot", seq: snapshot.seq, icount: snapshot.icount, memoryBytes: snapshot.memory.length });
+        this.pump();
+        resolve(snapshot);
+      });
+    });
+  }
+
+  /**
+   * Live clone, second half: the backup runs from the snapshot and listens here. Resolves once
+   * the logging channel to it is up (false if the clone was abandoned or the VM ended first).
+   */
+  connectBackup(backupUrl: string): Promise<boolean> {
+    assert(this.core.state !== "alone", "connectBackup follows beginClone");
+    if (this.core.state !== "paired" || this.ended) return Promise.resolve(false);
+    const connected = new Promise<boolean>((resolve) => (this.onBackupContact = resolve));
+    this.backupUrl = backupUrl;
+    const old = this.channel;
+    this.channel = this.connect(backupUrl);
+    old?.terminate();
+    return connected;
+  }
+
+  /**
+   * An operator removed the backup (a migration, §3.3): settle it at the arbiter now, as on a
+   * failure, instead of holding output until the timeout. The removed backup was stopped
+   * first, so it cannot contend.
+   */
+  dropBackup(): void {
+    this.log({ level: "info", msg: "backup removed", event: "backupRemoved" });
+    this.core.backupLost();
+    this.pump();
+  }
+
+  /** The clone failed before its backup connected: declare it lost now rather than at the timeout. */
+  abandonClone(reason: string): void {
+    clearTimeout(this.cloneContactTimer);
+    this.contacted(false);
+    if (this.core.state !== "paired" || this.channel?.open === true) return;
+    this.log({ level: "warn", msg: "clone abandoned", event: "cloneFailed", reason });
+    this.core.backupLost();
+    this.pump();
   }
 
   /** A control entry (§3.3): logged, replayed by the backup, applied at one execution point. */
@@ -161,7 +305,7 @@ export class PrimaryDriver {
   crash(): void {
     this.ended = true;
     clearInterval(this.ticker);
-    this.channel.terminate();
+    this.channel?.terminate();
     this.machine.kill();
   }
 
@@ -180,9 +324,11 @@ export class PrimaryDriver {
       heldOutputs: this.held.size,
       cpuShare: this.cpuShare,
       paused: this.core.guestPaused,
-      channelOpen: this.channel.open,
+      channelOpen: this.channel?.open ?? false,
       silenceMsMax: this.silence.longestMs,
-      logBytesSent: this.bytesSentBefore + this.channel.bytesSent,
+      logBytesSent: this.bytesSentBefore + (this.channel?.bytesSent ?? 0),
+      logWireBytesSent: this.wireBytesSentBefore + (this.channel?.wireBytesSent ?? 0),
+      logCompression: this.channel?.compressed ?? false,
       outputHoldMsP50: this.holdPercentile(0.5),
       outputHoldMsP99: this.holdPercentile(0.99),
     };
@@ -217,28 +363,43 @@ export class PrimaryDriver {
   }
 
   private reconnect(): void {
-    if (this.ended || this.core.state !== "paired" || this.channel.open) return;
+    if (this.ended || this.core.state !== "paired" || this.backupUrl === null || this.channel?.open === true) return;
     if (this.options.network?.connected === false) return;
-    this.bytesSentBefore += this.channel.bytesSent;
-    this.channel = this.connect();
+    this.channel = this.connect(this.backupUrl);
   }
 
-  private connect(): Channel {
-    return connectChannel(
-      this.options.backupUrl,
+  private contacted(connected: boolean): void {
+    this.onBackupContact?.(connected);
+    this.onBackupContact = null;
+  }
+
+  private connect(url: string): Channel {
+    if (this.channel !== null) {
+      this.bytesSentBefore += this.channel.bytesSent;
+      this.wireBytesSentBefore += this.channel.wireBytesSent;
+    }
+    // Events of a connection this driver has replaced (a reconnect, a new backup) are ignored:
+    // only the current channel may change the core's view of the link.
+    const channel: Channel = connectChannel(
+      url,
       {
         open: () => {
+          if (channel !== this.channel) return;
+          clearTimeout(this.cloneContactTimer);
+          this.contacted(true);
           this.core.channelUp();
           this.silence.connected(performance.now());
           this.pump();
         },
         message: (message) => {
+          if (channel !== this.channel) return;
           if (this.core.state === "paired") this.silence.heard(performance.now());
           else this.silence.stop();
           this.core.receive(message as BackupToPrimary);
           this.pump();
         },
         close: (reason) => {
+          if (channel !== this.channel) return;
           this.log({ level: "info", msg: "logging channel down", reason });
           this.core.channelDown();
           this.pump();
@@ -248,7 +409,9 @@ export class PrimaryDriver {
         },
       },
       (line) => this.log(line),
+      this.options.logCompression,
     );
+    return channel;
   }
 
   private pump(): void {
@@ -262,7 +425,7 @@ export class PrimaryDriver {
     }
     for (const message of ready.messages) {
       const channel = this.channel;
-      const send = () => channel.send(message.t === "hello" && this.options.token ? { ...message, token: this.options.token } : message);
+      const send = () => channel?.send(message.t === "hello" && this.options.token ? { ...message, token: this.options.token } : message);
       if (message.t === "entries" && failpoint("release-before-ack")) setTimeout(send, FAILPOINT_LOG_DELAY_MS);
       else send();
     }
@@ -272,7 +435,9 @@ export class PrimaryDriver {
     this.reportedState = this.core.state;
     if (ready.goAlone) {
       this.log({ level: "warn", msg: "backup lost: running alone", event: "wentAlone", newGeneration: ready.goAlone.generation });
-      this.channel.terminate();
+      // That backup is gone for good: a later clone names a new one (connectBackup).
+      this.backupUrl = null;
+      this.channel?.terminate();
     }
     for (const id of ready.release) {
       const output = this.held.get(id)!;
@@ -292,7 +457,7 @@ export class PrimaryDriver {
     if (ready.halt) {
       this.log({ level: "warn", msg: "halted", event: "halted", reason: ready.halt });
       this.held.clear();
-      this.channel.terminate();
+      this.channel?.terminate();
       this.machine.stop();
     }
   }

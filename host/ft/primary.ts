@@ -130,6 +130,12 @@ export class PrimaryCore {
   private sinceAckProgressTicks = 0;
   private lagTicks = 0;
   private connected = false;
+  /**
+   * False from pair() until the new backup's channel first comes up: a clone's snapshot is in
+   * transit meanwhile, and its silence is no failure. The driver bounds that wait itself
+   * (backupLost). A primary that starts paired counts silence from the start.
+   */
+  private contactedSincePair = true;
   private helloDue = false;
   private heartbeatDue = false;
 
@@ -261,6 +267,7 @@ export class PrimaryCore {
   /** The logging channel is connected (again): everything unacknowledged is resent. */
   channelUp(): void {
     this.connected = true;
+    this.contactedSincePair = true;
     this.helloDue = true;
     this.sentSeq = this.ackedSeq;
   }
@@ -344,7 +351,7 @@ export class PrimaryCore {
       case "paired":
         break;
     }
-    this.silenceTicks++;
+    if (this.contactedSincePair) this.silenceTicks++;
     if (this.silenceTicks >= c.timeoutTicks) {
       this.goingAlone();
       return;
@@ -428,6 +435,7 @@ export class PrimaryCore {
     this.sinceAckProgressTicks = 0;
     this.lagTicks = 0;
     this.connected = false;
+    this.contactedSincePair = false;
     this.pairSeq = this.appendedSeq;
   }
 

@@ -18,7 +18,7 @@ afterEach(async () => {
 const isEvent = (event: string, host?: string) => (line: LogLine) => line.event === event && (host === undefined || line.host === host);
 
 describe("lockstep up", () => {
-  it("kill -9 of the primary's host: the backup goes live and the ticks run on with no gap and no repeat", async () => {
+  it("kill -9 of the primary's host: the backup goes live, the ticks run on with no gap and no repeat, and a clone on the third host restores redundancy", async () => {
     cluster = new UpCluster(["--guest", "counter", "--hosts", "3"]);
     const ready = await cluster.ready;
     expect(ready.hosts).toHaveLength(3);
@@ -46,19 +46,36 @@ describe("lockstep up", () => {
     const firstNew = ticks.findIndex((t) => t.host === vm.backup);
     expect(ticks.slice(firstNew).every((t) => t.host === vm.backup)).toBe(true);
 
+    // The cluster service clones the new primary to a host that runs no copy: the third one,
+    // or the killed one if it is back already (it restarts empty, and ties go to the lower id).
+    const restored = await cluster.event(isEvent("redundancyRestored"), "redundancy restored");
+    expect(restored.vm).toBe("counter");
     const after = await cluster.status();
     const view = after.vms[0]!;
     expect(view.generation).toBe(2);
+    expect(view.state).toBe("protected");
     expect(view.primary!.host).toBe(vm.backup);
-    expect(view.backup).toBeNull();
-    expect(after.hosts.find((h) => h.id === vm.primary)!.state).toBe("dead");
+    expect(view.primary!.state).toBe("paired");
+    expect(view.backup!.host).not.toBe(vm.backup);
+    // The killed host comes back empty, as a rebooted machine would.
+    await cluster.event(isEvent("hostRestarted", vm.primary), "the killed host restarted");
+    const restarted = (await cluster.status()).hosts.find((h) => h.id === vm.primary)!;
+    expect(restarted.pid).not.toBe(primaryPid);
+    expect(restarted.state).toBe("up");
     const events = after.events.map((e) => `${e.host}:${e.event}`);
     expect(events).toContain(`${vm.primary}:hostExited`);
     expect(events).toContain(`${vm.backup}:failureDetected`);
     expect(events).toContain(`${vm.backup}:wentLive`);
+    expect(events).toContain(`${vm.backup}:cloneStarted`);
+    expect(events).toContain(`${view.backup!.host}:started`);
+
+    // The ticks go on through the new pair, still with no gap.
+    const seenPaired = cluster.ticks().length;
+    await cluster.until(() => (cluster!.ticks().length >= seenPaired + 10 ? true : undefined), "10 ticks from the new pair");
+    expect(tickGaps(cluster.ticks())).toEqual([]);
   });
 
-  it("kill -9 of the backup's host: the primary runs on alone, its ticks unbroken", async () => {
+  it("kill -9 of the backup's host: the primary runs on alone, its ticks unbroken, until a clone on another host is its backup", async () => {
     cluster = new UpCluster(["--guest", "counter", "--hosts", "3"]);
     const ready = await cluster.ready;
     const vm = ready.vms[0]!;
@@ -72,10 +89,12 @@ describe("lockstep up", () => {
     expect(tickGaps(ticks)).toEqual([]);
     expect(ticks.every((t) => t.host === vm.primary)).toBe(true);
 
+    await cluster.event(isEvent("redundancyRestored"), "redundancy restored");
     const view = (await cluster.status()).vms[0]!;
-    expect(view.primary).toMatchObject({ host: vm.primary, state: "alone", generation: 2 });
-    expect(view.backup).toBeNull();
-    expect(view.state).toBe("unprotected");
+    expect(view.primary).toMatchObject({ host: vm.primary, state: "paired", generation: 2 });
+    expect(view.backup).toMatchObject({ role: "backup", state: "replaying", generation: 2 });
+    expect(view.backup!.host).not.toBe(vm.primary);
+    expect(view.state).toBe("protected");
   });
 
   it("SIGSTOP of the primary's host past the timeout, then SIGCONT: one primary; the stale one halts and says nothing more", async () => {

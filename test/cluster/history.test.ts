@@ -5,19 +5,10 @@
 // counter equal to its acknowledged INCRs (host/checker/). The same run against a build with
 // the Output Rule broken (a failpoint) must fail the check: the checker catches a lost write.
 
-import fs from "node:fs";
-import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { checkCounters } from "../../host/checker/durability.js";
-import { History, type Op, type Result } from "../../host/checker/history.js";
-import { checkLinearizability } from "../../host/checker/linearizability.js";
-import { tempDir } from "../helpers/cli.js";
+import type { History } from "../../host/checker/history.js";
 import { UpCluster } from "../helpers/cluster.js";
-import { Prng } from "../helpers/prng.js";
-import { ConnectionLost, ReplyError, RespClient } from "../../host/checker/resp-client.js";
-
-const CLIENTS = 8;
-const KEYS = 6;
+import { check, finalReads, runWorkload } from "../helpers/kv-workload.js";
 /** Operations before the fault, and in all: enough that the fault lands mid-workload. */
 const OPS_BEFORE_FAULT = 600;
 const OPS_TOTAL = 2_000;
@@ -28,109 +19,6 @@ afterEach(async () => {
   await cluster?.stop();
   cluster = null;
 });
-
-interface Workload {
-  history: History;
-  /** Resolves once every client has stopped. */
-  done: Promise<void>;
-  /** Resolves once the history holds this many operations. */
-  reached(count: number): Promise<void>;
-}
-
-/**
- * CLIENTS clients, each on its own connection through the switch, each doing one random
- * operation at a time until the history holds OPS_TOTAL. Keys k0..k2 are registers (SET, GET,
- * DEL), k3..k5 counters (INCR, GET), so that both checks have work.
- */
-function runWorkload(address: string, seed: number): Workload {
-  const history = new History();
-  const waiters: { count: number; resolve: () => void }[] = [];
-  const recorded = () => {
-    for (const waiter of [...waiters]) {
-      if (history.operations.length >= waiter.count) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve();
-      }
-    }
-  };
-  const client = async (id: number) => {
-    const prng = new Prng(seed * 1000 + id);
-    const connection = new RespClient(address);
-    await connection.connected;
-    let n = 0;
-    while (history.operations.length < OPS_TOTAL) {
-      const k = prng.below(KEYS);
-      const key = `k${k}`;
-      const op: Op =
-        k >= 3
-          ? prng.below(3) === 0
-            ? { f: "get", key }
-            : { f: "incr", key }
-          : [{ f: "get", key } as Op, { f: "set", key, value: `c${id}-${n++}` } as Op, { f: "del", key } as Op][prng.below(3)]!;
-      const handle = history.invoke(id, op);
-      try {
-        const reply = await connection.command(...command(op));
-        handle.ok(reply as never);
-      } catch (error) {
-        if (error instanceof ReplyError) handle.fail(error.message);
-        else {
-          // The switch should keep every connection open: a lost one is recorded and reported.
-          handle.unknown(error instanceof ConnectionLost ? error.message : String(error));
-          break;
-        }
-      } finally {
-        recorded();
-      }
-    }
-    connection.close();
-  };
-  const done = Promise.all(Array.from({ length: CLIENTS }, (_, id) => client(id))).then(() => undefined);
-  return {
-    history,
-    done,
-    reached: (count) => new Promise((resolve) => (history.operations.length >= count ? resolve() : waiters.push({ count, resolve }))),
-  };
-}
-
-function command(op: Op): string[] {
-  switch (op.f) {
-    case "get":
-      return ["GET", op.key];
-    case "set":
-      return ["SET", op.key, op.value];
-    case "incr":
-      return ["INCR", op.key];
-    case "del":
-      return ["DEL", op.key];
-  }
-}
-
-/** After all clients stopped: one read of every key, in the history, for the checks' final state. */
-async function finalReads(address: string, history: History): Promise<void> {
-  const connection = new RespClient(address);
-  await connection.connected;
-  for (let k = 0; k < KEYS; k++) {
-    const handle = history.invoke(CLIENTS, { f: "get", key: `k${k}` });
-    handle.ok((await connection.command("GET", `k${k}`)) as Result as never);
-  }
-  connection.close();
-}
-
-/** Both checks; on failure the history is kept in a file named in the message. */
-function check(history: History): { linearizable: boolean | "unknown"; counters: boolean; report: string } {
-  const linear = checkLinearizability(history.operations);
-  const counters = checkCounters(history.operations);
-  const lost = history.operations.filter((o) => o.outcome?.type === "unknown").length;
-  let report = `${history.operations.length} operations, ${lost} with unknown outcome`;
-  if (linear.ok !== true) report += `\n${linear.ok === false ? linear.explanation : linear.reason}`;
-  if (!counters.ok) report += `\n${counters.explanation}`;
-  if (linear.ok !== true || !counters.ok) {
-    const file = path.join(tempDir("history"), "history.json");
-    fs.writeFileSync(file, JSON.stringify(history));
-    report += `\nhistory: ${file}`;
-  }
-  return { linearizable: linear.ok, counters: counters.ok, report };
-}
 
 /** kill -9 of the primary's host; SIGSTOP past the timeout, then SIGCONT; its network cut, then joined again. */
 type Fault = "kill" | "pause" | "cut";
@@ -144,7 +32,7 @@ async function historyUnderFault(seed: number, fault: Fault, env: Record<string,
   cluster = new UpCluster(["--guest", "kv", "--hosts", "3"], env);
   const ready = await cluster.ready;
   const kv = ready.services!.kv!;
-  const workload = runWorkload(kv, seed);
+  const workload = runWorkload(kv, seed, OPS_TOTAL);
   await workload.reached(OPS_BEFORE_FAULT);
   const vm = ready.vms[0]!;
   const pid = ready.hosts.find((h) => h.id === vm.primary)!.pid;

@@ -1,0 +1,47 @@
+// Restoring redundancy (§3.1 of the paper, "the new backup is started on another host"): which
+// VM runs without a backup, and where its clone should go. Pure: the cluster service polls the
+// hosts, asks this module what to do, and does it.
+//
+// A VM needs a clone when its primary runs alone (it went live, or its backup was declared
+// dead) and no clone of it is under way. The target is the healthiest, least loaded host that
+// runs no copy of the VM: up, answering, on the network, reaching storage; then the fewest VMs
+// running; then its id, so that the choice is stable. Primary and backup never share a host.
+
+import type { HostStatus } from "./host-daemon.js";
+
+export interface HostView {
+  id: string;
+  url: string;
+  /** Alive, answering its status polls, connected, and reaching the storage server. */
+  healthy: boolean;
+  status: HostStatus | null;
+}
+
+export interface CloneAction {
+  vm: string;
+  /** The host whose primary is cloned, and the host that receives the clone. */
+  from: HostView;
+  to: HostView;
+}
+
+/** The clones to start now, at most one per VM, none for a VM in `busy`. */
+export function planClones(hosts: readonly HostView[], busy: ReadonlySet<string>): CloneAction[] {
+  const running = (host: HostView) => (host.status?.vms ?? []).filter((vm) => vm.result === null && vm.state !== "halted");
+  const load = new Map(hosts.map((host) => [host.id, running(host).length]));
+  const actions: CloneAction[] = [];
+  for (const from of hosts) {
+    if (!from.healthy) continue;
+    for (const vm of running(from)) {
+      if (vm.role !== "primary" || vm.state !== "alone" || busy.has(vm.vm)) continue;
+      const candidates = hosts
+        .filter((host) => host.healthy && host !== from && !running(host).some((other) => other.vm === vm.vm))
+        .sort((a, b) => load.get(a.id)! - load.get(b.id)! || (a.id < b.id ? -1 : 1));
+      const to = candidates[0];
+      if (to === undefined) continue;
+      // Count the clone now, so that two VMs left alone at once spread over the hosts.
+      load.set(to.id, load.get(to.id)! + 1);
+      actions.push({ vm: vm.vm, from, to });
+    }
+  }
+  return actions;
+}
