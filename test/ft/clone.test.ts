@@ -119,4 +119,62 @@ describe("restoring redundancy", () => {
     await Promise.all(clients.map((client) => client.close()));
     await storage.close();
   });
+
+  it("cpu: a clone taken in the middle of a long computation replays to the primary's exact end", async () => {
+    const storage = await startStorageServer({ dir: tempDir("clone-cpu-storage"), port: 0 });
+    const clients = await Promise.all(["host-a", "host-c"].map((id) => StorageClient.connect(storage.url, { clientId: id })));
+    const module = loadGuest("cpu").module;
+    let firstLine: () => void;
+    const running = new Promise<void>((resolve) => (firstLine = resolve));
+    let primaryConsole = "";
+    let wentAlone: () => void;
+    const alone = new Promise<void>((resolve) => (wentAlone = resolve));
+    // Its backup never answers (nothing listens there): the primary goes alone at generation 2.
+    const a = new PrimaryDriver({
+      vmId: "cpu-1",
+      hostId: "host-a",
+      module,
+      backupUrl: "ws://127.0.0.1:9/",
+      arbiter: storageArbiter(clients[0]!),
+      timeoutMs: 300,
+      devices: {
+        onConsole: (text) => {
+          primaryConsole += Buffer.from(text).toString();
+          firstLine();
+        },
+      },
+      log: (line) => {
+        if (line.event === "wentAlone") wentAlone();
+        debugLog(line);
+      },
+    });
+    await Promise.all([running, alone]);
+
+    // main is still running: the snapshot holds its stack, not an idle guest.
+    const snapshot = await a.beginClone(5_000);
+    expect(snapshot.stack?.export).toBe("main");
+    expect(primaryConsole).not.toMatch(/^checksum /m);
+    const c = new BackupDriver({
+      vmId: "cpu-1",
+      hostId: "host-c",
+      module,
+      generation: 2,
+      restore: snapshot,
+      arbiter: storageArbiter(clients[1]!),
+      log: debugLog,
+    });
+    expect(await a.connectBackup(`ws://127.0.0.1:${await c.listening}`)).toBe(true);
+
+    // The primary runs main to its end; the clone replays from the snapshot to the same End.
+    const [primaryResult, cloneResult] = await Promise.all([a.done, c.done]);
+    expect(primaryConsole).toMatch(/^checksum [0-9a-f]+$/m);
+    expect(primaryResult.stop, primaryResult.message ?? "").toBe("exit");
+    expect(cloneResult.stop, cloneResult.message ?? "").toBe("exit");
+    expect(cloneResult.icount).toBe(primaryResult.icount);
+    expect(cloneResult.digest).toBe(primaryResult.digest);
+    expect(c.core.state).toBe("halted");
+
+    await Promise.all(clients.map((client) => client.close()));
+    await storage.close();
+  });
 });
