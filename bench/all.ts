@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, one after the other, each printing ratios against a
 // baseline measured in this same process.
 import { formatResult, runMeteringBench } from "./metering.js";
+import { printCloneBench, runCloneBench } from "./clone.js";
 import { printClusterBench, runClusterBench } from "./cluster.js";
 import { printCompressionBench, printSettingsSweep, runCompressionBench, runSettingsSweep } from "./compression.js";
 import { printFtBench, runFtBench } from "./ft.js";
@@ -12,6 +13,8 @@ console.log("== metering overhead on the cpu guest (metered / raw time)");
 console.log(formatResult(await runMeteringBench()));
 console.log("\n== snapshots mid-computation: the primary's pause, and what unwinding support costs");
 printSnapshotBench(await runSnapshotBench());
+console.log("\n== live clone end to end: pause, snapshot, and the new pair connected");
+printCloneBench(await runCloneBench());
 console.log("\n== record, replay and log bandwidth");
 printVmBench(await runVmBench());
 

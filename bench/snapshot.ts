@@ -18,7 +18,7 @@ import type { LogRecord } from "../protocol/records.js";
 import { calibrate, instantiate, loadGuest, median, projectRoot, timeCall, WORKLOADS } from "./metering.js";
 import { kvUnderLoad } from "./vm.js";
 
-const SIZES_MIB = [1, 16, 64] as const;
+export const SIZES_MIB = [1, 16, 64] as const;
 const SNAPSHOT_ROUNDS = 5;
 const WORKLOAD_ROUNDS = 11;
 const VM_ROUNDS = 3;
@@ -38,7 +38,7 @@ export interface SnapshotBenchResult {
 const geomean = (values: number[]): number => Math.exp(values.reduce((sum, v) => sum + Math.log(v), 0) / values.length);
 
 /** The spin-memory fixture, sized: its two marked constants follow the page count. */
-async function spinGuest(mib: number): Promise<InstrumentedModule> {
+export async function spinGuest(mib: number): Promise<InstrumentedModule> {
   const pages = mib * 16;
   const text = readFileSync(join(projectRoot(), "test/fixtures/guests/spin-memory.wat"), "utf8")
     .replace("(i32.const 255))) ;; PAGES - 1", `(i32.const ${pages - 1}))) ;; PAGES - 1`)
