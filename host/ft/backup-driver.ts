@@ -21,6 +21,13 @@ import { assert } from "../errors.js";
 import type { VmSnapshot } from "../vm/snapshot.js";
 import { type DriverLog, PrimaryDriver, PROGRESS_MS, type PrimaryStatus, type RecordHooks, type VmDevices } from "./primary-driver.js";
 
+/**
+ * How long a new backup waits for its primary's first message before it declares it failed:
+ * the primary is started after the backup and may take seconds to load and compile a large
+ * guest on a busy machine. Once a primary has spoken, the failure timeout applies.
+ */
+const FIRST_CONTACT_MS = 30_000;
+
 export interface BackupDriverOptions {
   vmId: string;
   hostId: string;
@@ -134,6 +141,7 @@ export class BackupDriver {
       generation: options.generation ?? 1,
       hostId: options.hostId,
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+      firstContactTicks: timeoutTicksFor(FIRST_CONTACT_MS),
       ...(options.restore === undefined ? {} : { startSeq: BigInt(options.restore.seq), startIcount: options.restore.icount }),
     });
     this.icount = options.restore?.icount ?? 0n;

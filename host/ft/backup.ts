@@ -94,6 +94,8 @@ export class BackupCore {
   private primaryPausedNow = false;
 
   private silenceTicks = 0;
+  /** A message from a primary has arrived: from then on silence counts against timeoutTicks. */
+  private contacted = false;
   private idleTicks = 0;
   private connected = false;
   private helloDue = false;
@@ -177,6 +179,7 @@ export class BackupCore {
     }
     // This backup has declared the primary failed and takes nothing more from it.
     if (this.stateNow !== "replaying") return;
+    this.contacted = true;
     switch (message.t) {
       case "hello":
         if (message.role !== "primary") {
@@ -297,7 +300,8 @@ export class BackupCore {
         break;
     }
     this.silenceTicks++;
-    if (this.silenceTicks >= c.timeoutTicks) {
+    const limit = this.contacted || c.firstContactTicks === 0 ? c.timeoutTicks : Math.max(c.timeoutTicks, c.firstContactTicks);
+    if (this.silenceTicks >= limit) {
       this.primaryFailed();
       return;
     }

@@ -87,6 +87,12 @@ export interface BackupConfig extends CoreConfig {
   bufferBytesMax: number;
   /** Send a progress ack at once when replay frees this many records of window. */
   windowUpdateRecords: number;
+  /**
+   * Silence tolerated before the first message from a primary, in place of timeoutTicks: a
+   * backup is started first, and its primary may take seconds to instantiate a large guest.
+   * 0: the same as timeoutTicks.
+   */
+  firstContactTicks: number;
 }
 
 const CORE_DEFAULTS = {
@@ -123,6 +129,7 @@ export const BACKUP_DEFAULTS = {
   bufferRecordsMax: 65_536,
   bufferBytesMax: 64 * 1024 * 1024,
   windowUpdateRecords: 16_384,
+  firstContactTicks: 0,
 } satisfies Partial<BackupConfig>;
 
 /** What a PrimaryCore is constructed with: identity required, everything else defaulted. */
@@ -160,6 +167,7 @@ export function backupConfig(config: BackupOptions): BackupConfig {
   positive(full.bufferRecordsMax, "bufferRecordsMax");
   positive(full.windowUpdateRecords, "windowUpdateRecords");
   assert(full.bufferBytesMax >= full.recordBytesMax, "bufferBytesMax holds the largest record");
+  assert(Number.isSafeInteger(full.firstContactTicks) && full.firstContactTicks >= 0, "firstContactTicks ≥ 0");
   return full;
 }
 

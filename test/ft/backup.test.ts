@@ -122,6 +122,26 @@ describe("BackupCore: the primary fails (§2.3)", () => {
     expect(after(core)).toBe("");
   });
 
+  it("waits firstContactTicks for its primary's first message, then timeoutTicks", () => {
+    const core = backup({ firstContactTicks: 30 });
+    // No primary yet: the ordinary timeout (10) passes without a failure.
+    for (let i = 0; i < 29; i++) core.tick();
+    expect(core.state).toBe("replaying");
+    core.receive(heartbeat());
+    for (let i = 0; i < 9; i++) core.tick();
+    expect(core.state).toBe("replaying");
+    core.tick();
+    // Nothing to replay: it contends at once.
+    expect(core.state).toBe("testAndSet");
+
+    // Never contacted at all: it declares the primary failed at firstContactTicks.
+    const lonely = backup({ firstContactTicks: 30 });
+    for (let i = 0; i < 29; i++) lonely.tick();
+    expect(lonely.state).toBe("replaying");
+    lonely.tick();
+    expect(lonely.state).toBe("testAndSet");
+  });
+
   it("contends at once when it has already replayed everything", () => {
     const core = backup();
     core.receive(entries(recs(0, 2)));
