@@ -8,6 +8,8 @@ import { createInterface } from "node:readline";
 import { PROJECT_ROOT } from "../vm/guest.js";
 
 const CLI = path.join(PROJECT_ROOT, "dist", "host", "cli", "main.js");
+/** A wait for a log line gives up after this long (a diagnosis, not a speed requirement). */
+const WAIT_DEADLINE_MS = 90_000;
 /** Log lines kept; a long benchmark drops the oldest (indexes passed to `event` stay valid). */
 const LINES_MAX = 200_000;
 
@@ -81,24 +83,32 @@ export class UpProcess {
     });
   }
 
-  /** Resolves once `check` returns something other than undefined, re-checked on every log line. */
-  until<T>(check: () => T | undefined, what: string): Promise<T> {
+  /**
+   * Resolves once `check` returns something other than undefined, re-checked on every log
+   * line. Gives up after `deadlineMs` with the cluster's last log lines, so that a wait that
+   * never ends says what the cluster was doing rather than hitting a bare test timeout.
+   */
+  until<T>(check: () => T | undefined, what: string, deadlineMs = WAIT_DEADLINE_MS): Promise<T> {
     const first = check();
     if (first !== undefined) return Promise.resolve(first);
     return new Promise((resolve, reject) => {
+      const giveUp = (why: string) => {
+        if (!this.waiters.has(waiter)) return;
+        this.waiters.delete(waiter);
+        clearTimeout(deadline);
+        reject(new Error(`${why} while waiting for ${what}\n${this.tail(80)}`));
+      };
       const waiter = () => {
         const value = check();
         if (value !== undefined) {
           this.waiters.delete(waiter);
+          clearTimeout(deadline);
           resolve(value);
         }
       };
+      const deadline = setTimeout(() => giveUp(`nothing after ${deadlineMs} ms`), deadlineMs);
       this.waiters.add(waiter);
-      void this.exited.then(() => {
-        if (!this.waiters.has(waiter)) return;
-        this.waiters.delete(waiter);
-        reject(new Error(`lockstep up exited while waiting for ${what}\n${this.tail()}`));
-      });
+      void this.exited.then(() => giveUp("lockstep up exited"));
     });
   }
 

@@ -54,22 +54,25 @@ describe("restoring redundancy under load", () => {
       else process.kill(pid, fault === "kill" ? "SIGKILL" : "SIGSTOP");
 
       const live = await up.event((l) => l.event === "wentLive" && l.host === backup, `cycle ${cycle}: ${backup} going live`, from);
-      expect(live.generation).toBe(generation + 1);
-      generation++;
+      // One past the pair's generation; more only if a clone failed meanwhile and was retried.
+      expect(live.generation).toBeGreaterThan(generation);
+      generation = live.generation as number;
       if (fault === "pause") process.kill(pid, "SIGCONT");
       if (fault === "cut") expect((await up.network(primary, true)).status).toBe(200);
       if (fault !== "kill") await up.event((l) => l.event === "halted" && l.host === primary, `cycle ${cycle}: the stale primary halting`, from);
 
       const restored = await up.event(
-        (l) => l.event === "redundancyRestored" && l.generation === generation,
-        `cycle ${cycle}: redundancy restored at generation ${generation}`,
+        (l) => l.event === "redundancyRestored" && (l.generation as number) >= generation,
+        `cycle ${cycle}: redundancy restored at generation ${generation} or later`,
         from,
       );
+      generation = restored.generation as number;
       restoreMs.push(Date.parse(String(restored.ts)) - Date.parse(String(live.ts)));
       console.log(`cycle ${cycle}: ${fault} of ${primary}, ${backup} live at generation ${generation}, protected again after ${restoreMs.at(-1)} ms`);
       const clone = up
         .since(from)
-        .find((l) => l.event === "started" && l.vm === "kv" && l.generation === generation && l.clonedAtSeq !== undefined)!;
+        .filter((l) => l.event === "started" && l.vm === "kv" && l.generation === generation && l.clonedAtSeq !== undefined)
+        .at(-1)!;
       [primary, backup] = [backup, clone.host];
     }
 
