@@ -35,10 +35,16 @@ export class LockstepProcess {
   stderr = "";
   private readonly lineWaiters: { pattern: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
 
-  constructor(args: string[], options: { nodeFlags?: string[]; cwd?: string } = {}) {
-    this.child = spawn(process.execPath, [...(options.nodeFlags ?? []), CLI, ...args], {
+  /**
+   * `wrap`: a command that runs node, e.g. ["ip", "netns", "exec", NS] to start it in a
+   * network namespace (it execs node, so the pid is node's). `env`: added to this process's.
+   */
+  constructor(args: string[], options: { nodeFlags?: string[]; cwd?: string; wrap?: string[]; env?: Record<string, string> } = {}) {
+    const command = [...(options.wrap ?? []), process.execPath, ...(options.nodeFlags ?? []), CLI, ...args];
+    this.child = spawn(command[0]!, command.slice(1), {
       cwd: options.cwd ?? ROOT,
       stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...options.env },
     });
     this.child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
       this.stdout += chunk;

@@ -32,9 +32,10 @@ export class EtcdProcess {
     readonly dataDir: string,
     readonly clientPort: number,
     readonly peerPort: number,
+    readonly host: string,
   ) {
-    const client = `http://127.0.0.1:${clientPort}`;
-    const peer = `http://127.0.0.1:${peerPort}`;
+    const client = `http://${host}:${clientPort}`;
+    const peer = `http://${host}:${peerPort}`;
     this.child = spawn(
       ETCD_BINARY,
       [
@@ -61,9 +62,12 @@ export class EtcdProcess {
     this.ready.catch(() => undefined);
   }
 
-  /** Starts etcd on `dataDir` (and given ports: a restart), resolving once it serves clients. */
-  static async start(dataDir: string, ports?: { client: number; peer: number }): Promise<EtcdProcess> {
-    const etcd = new EtcdProcess(dataDir, ports?.client ?? (await freePort()), ports?.peer ?? (await freePort()));
+  /**
+   * Starts etcd on `dataDir` (and given ports: a restart), resolving once it serves clients,
+   * on `host` (default 127.0.0.1).
+   */
+  static async start(dataDir: string, ports?: { client: number; peer: number }, host = "127.0.0.1"): Promise<EtcdProcess> {
+    const etcd = new EtcdProcess(dataDir, ports?.client ?? (await freePort()), ports?.peer ?? (await freePort()), host);
     running.add(etcd);
     void etcd.exited.then(() => running.delete(etcd));
     await etcd.ready;
@@ -71,7 +75,7 @@ export class EtcdProcess {
   }
 
   get url(): string {
-    return `etcd://127.0.0.1:${this.clientPort}`;
+    return `etcd://${this.host}:${this.clientPort}`;
   }
 
   get ports(): { client: number; peer: number } {
