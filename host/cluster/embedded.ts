@@ -31,8 +31,8 @@ import { z } from "zod";
 export const CLUSTER_HOSTS_MAX = 16;
 /** Events kept for the status API. */
 const EVENTS_MAX = 256;
-/** How long a host may take to answer a status poll before it is shown as unresponsive. */
-const HOST_POLL_TIMEOUT_MS = 500;
+/** How long a host may take to answer a status poll before it is shown as unresponsive: a loaded 2-core machine can stall a host's event loop for most of a second (a snapshot, a compile). */
+const HOST_POLL_TIMEOUT_MS = 1_500;
 const CHILD_STOP_GRACE_MS = 5_000;
 /** A host that keeps dying is given up on after this many restarts. */
 const HOST_RESTARTS_MAX = 100;
@@ -43,6 +43,8 @@ const MigrateSchema = z.object({ role: z.enum(["primary", "backup"]), to: z.stri
 /** Each step of a migration that waits for an event (going alone, going live) gets this long. */
 const MIGRATION_STEP_MS = 30_000;
 
+/** The cluster service's own status polls give up sooner than the status API's. */
+const REDUNDANCY_POLL_TIMEOUT_MS = 500;
 /** How often the cluster service looks for VMs without a backup. */
 const REDUNDANCY_CHECK_MS = 200;
 /** After a failed clone, wait this long before trying that VM again. */
@@ -291,7 +293,9 @@ export class EmbeddedCluster {
     if (this.redundancyChecking || this.stopping) return;
     this.redundancyChecking = true;
     try {
-      await Promise.all(this.hosts.map((host) => this.poll(host)));
+      // A short deadline here: a host too busy to answer is no place for a clone, and one slow
+      // host must not hold up the others' redundancy.
+      await Promise.all(this.hosts.map((host) => this.poll(host, REDUNDANCY_POLL_TIMEOUT_MS)));
       const nowMs = performance.now();
       const names = new Set(this.hosts.flatMap((h) => (h.child.alive && h.responsive ? (h.last?.vms ?? []) : []).map((vm) => vm.vm)));
       for (const name of names) {
@@ -360,10 +364,10 @@ export class EmbeddedCluster {
     };
   }
 
-  private async poll(host: HostEntry): Promise<void> {
+  private async poll(host: HostEntry, timeoutMs = HOST_POLL_TIMEOUT_MS): Promise<void> {
     if (!host.child.alive) return;
     try {
-      host.last = (await fetchJson(`${host.url}/api/status`, { token: this.hostToken, timeoutMs: HOST_POLL_TIMEOUT_MS })) as HostStatus;
+      host.last = (await fetchJson(`${host.url}/api/status`, { token: this.hostToken, timeoutMs })) as HostStatus;
       host.responsive = true;
     } catch {
       host.responsive = false;

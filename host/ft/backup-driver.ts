@@ -14,7 +14,7 @@ import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
 import { type BackupState, BackupCore } from "./backup.js";
 import { Channel, listenForChannels } from "./channel.js";
-import { TICK_MS, timeoutTicksFor } from "./config.js";
+import { RECONNECT_GRACE_MS, TICK_MS, timeoutTicksFor } from "./config.js";
 import { SilenceMeter } from "./silence.js";
 import type { PrimaryToBackup } from "./messages.js";
 import { assert } from "../errors.js";
@@ -141,6 +141,7 @@ export class BackupDriver {
       generation: options.generation ?? 1,
       hostId: options.hostId,
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+      reconnectGraceTicks: Math.ceil(RECONNECT_GRACE_MS / TICK_MS),
       firstContactTicks: timeoutTicksFor(FIRST_CONTACT_MS),
       ...(options.restore === undefined ? {} : { startSeq: BigInt(options.restore.seq), startIcount: options.restore.icount }),
     });

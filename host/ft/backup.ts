@@ -96,6 +96,8 @@ export class BackupCore {
   private silenceTicks = 0;
   /** A message from a primary has arrived: from then on silence counts against timeoutTicks. */
   private contacted = false;
+  /** Ticks since the channel closed, while it stays closed (reconnectGraceTicks). */
+  private disconnectedTicks = 0;
   private idleTicks = 0;
   private connected = false;
   private helloDue = false;
@@ -153,6 +155,7 @@ export class BackupCore {
 
   channelUp(): void {
     this.connected = true;
+    this.disconnectedTicks = 0;
     this.helloDue = true;
     this.ackDue = true;
   }
@@ -300,6 +303,10 @@ export class BackupCore {
         break;
     }
     this.silenceTicks++;
+    if (!this.connected && this.contacted && c.reconnectGraceTicks > 0 && ++this.disconnectedTicks >= c.reconnectGraceTicks) {
+      this.primaryFailed();
+      return;
+    }
     const limit = this.contacted || c.firstContactTicks === 0 ? c.timeoutTicks : Math.max(c.timeoutTicks, c.firstContactTicks);
     if (this.silenceTicks >= limit) {
       this.primaryFailed();

@@ -14,6 +14,13 @@ export const TICK_MS = 10;
 export const TIMEOUT_MS_MIN = 200;
 export const TIMEOUT_MS_MAX = 60_000;
 
+/**
+ * How long the drivers let a closed logging channel stay closed before declaring the peer
+ * failed (CoreConfig.reconnectGraceTicks): a killed host is noticed in about this long, not
+ * the whole timeout, while a reconnect after a blip (every 100 ms) has two or three tries.
+ */
+export const RECONNECT_GRACE_MS = 300;
+
 /** A failure timeout in ms as the cores count it: whole ticks. */
 export function timeoutTicksFor(timeoutMs: number): number {
   assert(Number.isInteger(timeoutMs) && timeoutMs >= TIMEOUT_MS_MIN && timeoutMs <= TIMEOUT_MS_MAX, `timeout ${timeoutMs} ms out of range`);
@@ -38,6 +45,14 @@ export interface CoreConfig {
   heartbeatTicks: number;
   /** Declare the peer failed after this long without any message from it (§2.3). */
   timeoutTicks: number;
+  /**
+   * Declare the peer failed after its logging channel has been closed this long without coming
+   * back (0: only the timeout decides). A host that dies closes its connections at once, so
+   * this detects a crash well within the timeout; a blip shorter than it reconnects. Safety
+   * does not depend on it: the test-and-set decides who goes on (§2.3), a false alarm costs
+   * a generation, never an output.
+   */
+  reconnectGraceTicks: number;
   /** Backoff between test-and-set attempts while the arbiter is unreachable: doubles. */
   tasRetryMinTicks: number;
   tasRetryMaxTicks: number;
@@ -100,6 +115,7 @@ const CORE_DEFAULTS = {
   startIcount: 0n,
   heartbeatTicks: 10, // 100 ms
   timeoutTicks: 100, // 1 s
+  reconnectGraceTicks: 0,
   tasRetryMinTicks: 10, // 100 ms
   tasRetryMaxTicks: 100, // 1 s
   recordBytesMax: FRAME_BYTES_MAX,
@@ -178,6 +194,7 @@ function checkCore(config: CoreConfig): void {
   assert(config.startSeq >= 0n && config.startIcount >= 0n, "start position ≥ 0");
   positive(config.heartbeatTicks, "heartbeatTicks");
   positive(config.timeoutTicks, "timeoutTicks");
+  assert(Number.isSafeInteger(config.reconnectGraceTicks) && config.reconnectGraceTicks >= 0, "reconnectGraceTicks ≥ 0");
   // A timeout shorter than two heartbeats fires on one late heartbeat.
   assert(config.timeoutTicks >= 2 * config.heartbeatTicks, "timeoutTicks ≥ 2 × heartbeatTicks");
   positive(config.tasRetryMinTicks, "tasRetryMinTicks");

@@ -12,7 +12,7 @@ import { Machine, type MachineOptions } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import type { Arbiter } from "./arbiter.js";
 import { Channel, connectChannel } from "./channel.js";
-import { TICK_MS, timeoutTicksFor } from "./config.js";
+import { RECONNECT_GRACE_MS, TICK_MS, timeoutTicksFor } from "./config.js";
 import { SilenceMeter } from "./silence.js";
 import { LagClock } from "./lag-clock.js";
 import type { BackupToPrimary } from "./messages.js";
@@ -164,6 +164,7 @@ export class PrimaryDriver {
       generation: options.generation ?? 1,
       hostId: options.hostId,
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
+      reconnectGraceTicks: Math.ceil(RECONNECT_GRACE_MS / TICK_MS),
       ...(options.adopt === undefined
         ? {}
         : { mode: "alone" as const, startSeq: options.adopt.startSeq, startIcount: options.adopt.startIcount }),

@@ -136,6 +136,10 @@ export class PrimaryCore {
    * (backupLost). A primary that starts paired counts silence from the start.
    */
   private contactedSincePair = true;
+  /** Ticks since the channel closed, while it stays closed (reconnectGraceTicks). */
+  private disconnectedTicks = 0;
+  /** The channel to the current backup has been up at least once: a close means something. */
+  private everConnected = false;
   private helloDue = false;
   private heartbeatDue = false;
 
@@ -267,6 +271,8 @@ export class PrimaryCore {
   /** The logging channel is connected (again): everything unacknowledged is resent. */
   channelUp(): void {
     this.connected = true;
+    this.everConnected = true;
+    this.disconnectedTicks = 0;
     this.contactedSincePair = true;
     this.helloDue = true;
     this.sentSeq = this.ackedSeq;
@@ -350,6 +356,10 @@ export class PrimaryCore {
       }
       case "paired":
         break;
+    }
+    if (!this.connected && this.everConnected && c.reconnectGraceTicks > 0 && ++this.disconnectedTicks >= c.reconnectGraceTicks) {
+      this.goingAlone();
+      return;
     }
     if (this.contactedSincePair) this.silenceTicks++;
     if (this.silenceTicks >= c.timeoutTicks) {
@@ -435,6 +445,8 @@ export class PrimaryCore {
     this.sinceAckProgressTicks = 0;
     this.lagTicks = 0;
     this.connected = false;
+    this.everConnected = false;
+    this.disconnectedTicks = 0;
     this.contactedSincePair = false;
     this.pairSeq = this.appendedSeq;
   }

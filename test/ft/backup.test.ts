@@ -142,6 +142,28 @@ describe("BackupCore: the primary fails (§2.3)", () => {
     expect(lonely.state).toBe("testAndSet");
   });
 
+  it("a channel closed past reconnectGraceTicks after the primary spoke is a failure; a reconnect in time is not", () => {
+    const core = backup({ reconnectGraceTicks: 3 });
+    // Closed before any primary spoke: only the (first-contact) timeout decides.
+    core.channelDown();
+    for (let i = 0; i < 5; i++) core.tick();
+    expect(core.state).toBe("replaying");
+    core.channelUp();
+    core.receive(heartbeat());
+    core.channelDown();
+    core.tick();
+    core.tick();
+    core.channelUp();
+    core.tick();
+    expect(core.state).toBe("replaying");
+    core.channelDown();
+    core.tick();
+    core.tick();
+    expect(core.state).toBe("replaying");
+    core.tick();
+    expect(core.state).toBe("testAndSet");
+  });
+
   it("contends at once when it has already replayed everything", () => {
     const core = backup();
     core.receive(entries(recs(0, 2)));

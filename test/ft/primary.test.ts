@@ -230,6 +230,28 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
     expect(ticks(20, () => after(core, () => core.tick()))).toEqual([]);
   });
 
+  it("a channel closed past reconnectGraceTicks is a failure, well before the timeout; a reconnect in time is not", () => {
+    const core = primary({ reconnectGraceTicks: 3 });
+    core.receive(ack(0));
+    core.channelDown();
+    core.tick();
+    core.tick();
+    // Back within the grace: nothing happens, and the grace starts again at the next close.
+    core.channelUp();
+    core.ready();
+    core.tick();
+    core.channelDown();
+    expect(ticks(3, () => after(core, () => core.tick()))).toEqual(["3: testAndSet g2 by A"]);
+    expect(core.state).toBe("goingAlone");
+
+    // Before the channel was ever up, a close is not a failure: only the timeout decides.
+    const fresh = new PrimaryCore({ vmId: VM, generation: 1, hostId: "A", heartbeatTicks: 2, timeoutTicks: 10, reconnectGraceTicks: 3 });
+    for (let i = 0; i < 9; i++) fresh.tick();
+    expect(fresh.state).toBe("paired");
+    fresh.tick();
+    expect(fresh.state).toBe("goingAlone");
+  });
+
   it("retries an unreachable arbiter with a doubling backoff, capped, holding output all along", () => {
     const core = primary();
     core.append(recs(0, 1));

@@ -37,7 +37,9 @@ export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = 
   const tasRetryMaxTicks = tasRetryMinTicks * (2 + rng.below(4));
   const backupBufferRecords = 4 + rng.below(40);
   const recordsPerTickMax = 4;
-  const common = { heartbeatTicks, timeoutTicks, tasRetryMinTicks, tasRetryMaxTicks, recordBytesMax: SIM_RECORD_BYTES_MAX };
+  // Half the schedules also treat a channel closed past a grace as a failure, as the drivers do.
+  const reconnectGraceTicks = rng.chance(0.5) ? 0 : 1 + rng.below(timeoutTicks);
+  const common = { heartbeatTicks, timeoutTicks, reconnectGraceTicks, tasRetryMinTicks, tasRetryMaxTicks, recordBytesMax: SIM_RECORD_BYTES_MAX };
   const faultTicks = 150 + rng.below(150);
   const livenessTicks = 80;
   const healTicks = 3 * timeoutTicks + backupBufferRecords + 4 * tasRetryMaxTicks + 40 + livenessTicks;
