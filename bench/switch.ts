@@ -162,7 +162,7 @@ async function redisServer<T>(withReplica: boolean, body: (address: string) => P
 }
 
 /** The longest gap between two replies one client sees while the kv primary's host is killed. */
-async function failoverGap(timeoutMs = 1000): Promise<number> {
+export async function failoverGap(timeoutMs = 1000): Promise<number> {
   const up = new UpProcess(["--guest", "kv", "--timeout-ms", String(timeoutMs)]);
   try {
     const ready = await up.ready;
