@@ -3,16 +3,15 @@
 import path from "node:path";
 import { isCodecError, LOG_VERSION } from "../../protocol/codec.js";
 import { LogFileReader, LogFileWriter } from "../../protocol/log-file.js";
-import type { LogRecord } from "../../protocol/records.js";
 import type { ListenAddress } from "../devices/tcp-nic.js";
 import { LockstepError } from "../errors.js";
 import { loadGuest, type Guest } from "../vm/guest.js";
-import { Machine, MEMORY_PAGES_MAX_DEFAULT, type ReplaySource } from "../vm/machine.js";
+import { Machine, MEMORY_PAGES_MAX_DEFAULT } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import { VmConfig } from "./vm-config.js";
+import { batchedReplaySource } from "../vm/replay-source.js";
 
 /** Records handed to the replay vCPU per message. */
-const REPLAY_BATCH_RECORDS = 1024;
 
 export interface VmCommandOptions {
   guest: string;
@@ -109,7 +108,7 @@ export async function replayCommand(options: {
     diskBlocks: config.diskBlocks,
     memoryPagesMax: config.memoryPagesMax,
     untilIcount: options.until,
-    replay: batchedSource(reader.records(), (error) => {
+    replay: batchedReplaySource(reader.records(), (error) => {
       feedError = error;
     }),
     onConsole: options.console ? (text) => process.stderr.write(text) : undefined,
@@ -175,24 +174,6 @@ function openLogWriter(file: string, guest: Guest, config: VmConfig): LogFileWri
   }
 }
 
-function batchedSource(records: AsyncGenerator<LogRecord>, onError: (error: unknown) => void): ReplaySource {
-  return {
-    async next() {
-      const batch: LogRecord[] = [];
-      try {
-        while (batch.length < REPLAY_BATCH_RECORDS) {
-          const next = await records.next();
-          if (next.done) break;
-          batch.push(next.value);
-        }
-      } catch (error) {
-        // Replay what came before the damage, then report it.
-        onError(error);
-      }
-      return batch.length === 0 ? null : batch;
-    },
-  };
-}
 
 function logError(file: string, error: unknown): LockstepError {
   if (isCodecError(error)) return new LockstepError("LOG_INVALID", `${file}: ${error.message}`);
