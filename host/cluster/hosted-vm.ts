@@ -3,8 +3,11 @@
 // lines), and the figures the status API shows.
 
 import { createHash } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import type { WebSocket } from "ws";
 import { ControlKind } from "../../protocol/records.js";
+import { type DiskSyncSource, serveDiskSync, syncDisk } from "../devices/disk-sync.js";
 import { RemoteDisk } from "../devices/remote-disk.js";
 import { SwitchNic } from "../devices/switch-nic.js";
 import type { Logger } from "../log.js";
@@ -71,6 +74,8 @@ export class HostedVm {
   readonly done: Promise<VmResult>;
   private readonly ports: Record<string, string> = {};
   private result: VmStatus["result"] = null;
+  /** spec.disk "local": this host's copy of the disk (§4.1). */
+  private localDisk: string | null = null;
 
   private constructor(
     readonly spec: VmSpec,
@@ -93,10 +98,25 @@ export class HostedVm {
       const { level = "info", msg = "", ...rest } = line;
       context.log[level as "info" | "warn"](String(msg), rest);
     };
+    // A disk of its own (§4.1): a clone first brings its copy to the primary's, sending only
+    // the blocks that differ (disk-sync.ts), before the backup starts.
+    const localDisk = spec.disk === "local" && spec.diskBlocks > 0 ? localDiskFile(context.hostId, spec.vm) : null;
+    // A first pair must start from equal copies; only empty ones are known to be. Copies kept
+    // from an earlier life may differ (a dead primary's lags), and which is right is not known
+    // here: that restart would start the primary alone and clone (not done yet).
+    if (localDisk !== null && restore === undefined && fs.existsSync(localDisk)) {
+      throw new ApiError("CONFLICT", `${spec.vm} has a local disk copy here from an earlier life (${localDisk}): a new pair starts from fresh copies only`);
+    }
+    if (localDisk !== null && restore !== undefined) {
+      if (spec.diskSyncUrl === undefined) throw new ApiError("BAD_REQUEST", `a clone of ${spec.vm} with a local disk needs diskSyncUrl`);
+      const startedMs = performance.now();
+      const { blocksReceived } = await syncDisk(spec.diskSyncUrl, localDisk, spec.diskBlocks);
+      context.log.info("disk copy synced", { ...fields, blocksReceived, ms: Math.round(performance.now() - startedMs), event: "diskSynced" });
+    }
     // The shared disk on the storage server (§2.2): the primary writes it, a backup that goes
     // live re-issues the IOs its primary left in flight. The Machine closes it.
     const disk =
-      spec.diskBlocks > 0
+      spec.diskBlocks > 0 && localDisk === null
         ? await openDisk((deliver) =>
             RemoteDisk.open(context.storage, spec.vm, spec.diskBlocks, deliver, {
               onError: (error, io, final) =>
@@ -110,7 +130,8 @@ export class HostedVm {
     const devices: VmDevices = {
       memoryPagesMax: spec.memoryMib * PAGES_PER_MIB,
       diskBlocks: spec.diskBlocks,
-      disk,
+      diskReads: spec.diskReads,
+      ...(localDisk === null ? { disk } : { diskFile: localDisk, diskLocal: true }),
       listen: (port) => ({ host: context.bind, port: spec.ports[String(port)] ?? 0 }),
       nic: spec.switchUrl === undefined ? undefined : switchNic(spec.switchUrl, context, now),
       onListening: (port, address) => {
@@ -142,6 +163,7 @@ export class HostedVm {
         ? new PrimaryDriver({ ...common, backupUrl: withModule(spec.backupUrl!, moduleHash) })
         : new BackupDriver({ ...common, ownListener: false, ...(restore === undefined ? {} : { restore }) });
     vm = new HostedVm(spec, driver, moduleHash);
+    vm.localDisk = localDisk;
     void vm.done.then((result) => {
       context.log.info("vm stopped", { ...now(), event: "stopped", stop: result.stop, message: result.message, icount: result.icount });
     });
@@ -181,7 +203,14 @@ export class HostedVm {
     const generation = primary.status().generation;
     const spec: VmSpec = { ...this.spec, role: "backup", generation, backupUrl: undefined, ports: {} };
     delete spec.backupUrl;
+    delete spec.diskSyncUrl;
+    // A disk of its own: the clone syncs its copy from this one, after the snapshot (disk-sync.ts).
+    let source: DiskSyncSource | null = null;
     try {
+      if (this.localDisk !== null) {
+        source = await serveDiskSync(this.localDisk, this.spec.diskBlocks, context.bind);
+        spec.diskSyncUrl = source.url;
+      }
       const body = encodeClone({ spec, snapshot });
       const answer = (await fetchJson(`${targetUrl}/api/clones`, { token: context.token, timeoutMs: CLONE_TRANSFER_TIMEOUT_MS, method: "POST", body })) as {
         channelUrl: string;
@@ -191,11 +220,13 @@ export class HostedVm {
         throw new ApiError("UNAVAILABLE", `the clone of ${this.spec.vm} on ${targetUrl} never connected`);
       }
       const result = { vm: this.spec.vm, generation, target: targetUrl, seq: snapshot.seq, icount: snapshot.icount, bytes: body.length, snapshotMs, totalMs: performance.now() - startedMs };
-      context.log.info("clone started", { ...result, event: "cloneStarted" });
+      context.log.info("clone started", { ...result, ...(source === null ? {} : { diskBlocksSent: source.blocksSent }), event: "cloneStarted" });
       return result;
     } catch (error) {
       primary.abandonClone((error as Error).message);
       throw error instanceof ApiError ? error : new ApiError("UNAVAILABLE", `cannot clone ${this.spec.vm} to ${targetUrl}: ${(error as Error).message}`);
+    } finally {
+      await source?.close();
     }
   }
 
@@ -280,6 +311,11 @@ function switchNic(url: string, context: HostContext, now: () => { vm: string; g
       },
       deliver,
     );
+}
+
+/** Where this host keeps its copy of a VM's local disk (spec.disk "local"). */
+function localDiskFile(hostId: string, vm: string): string {
+  return path.join(process.env.LOCKSTEP_LOCAL_DISK_DIR ?? path.join(".lockstep", "local-disks"), hostId, `${vm}.img`);
 }
 
 function withModule(url: string, moduleHash: string): string {

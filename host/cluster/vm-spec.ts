@@ -20,6 +20,20 @@ export const VmSpecSchema = z
     backupUrl: z.string().url().startsWith("ws").optional(),
     /** Blocks of 4 KiB on the storage server's shared disk; 0: no disk. */
     diskBlocks: z.number().int().min(0).max(1 << 24).default(0),
+    /**
+     * Disk read data travel in the log ("logged"), or the backup reads the shared disk itself
+     * ("backup", §4.2; host/devices/disk-reads.ts). Primary and backup must agree: a backup
+     * refuses the other kind of log at its first read (DISK_READS_MISMATCH).
+     */
+    diskReads: z.enum(["logged", "backup"]).default("logged"),
+    /**
+     * "shared": the disk is on the storage server. "local": each host keeps a copy of its own
+     * (§4.1; docs/local-disks.md) in $LOCKSTEP_LOCAL_DISK_DIR/<host>/<vm>.img, and a clone
+     * syncs its copy from the primary's (`diskSyncUrl`) before it starts.
+     */
+    disk: z.enum(["shared", "local"]).default("shared"),
+    /** A clone with a local disk: the primary's one-shot sync source for its copy. */
+    diskSyncUrl: z.string().url().startsWith("ws").optional(),
     memoryMib: z.number().int().min(1).max(4096).default(256),
     /** Failure timeout (docs/ft-protocol.md); primary and backup should agree on it. */
     timeoutMs: z.number().int().min(TIMEOUT_MS_MIN).max(TIMEOUT_MS_MAX).default(1000),
@@ -35,6 +49,10 @@ export const VmSpecSchema = z
   .refine((spec) => spec.role === "backup" || spec.backupUrl !== undefined, {
     message: "a primary needs backupUrl: start the backup first, then name its channel",
     path: ["backupUrl"],
+  })
+  .refine((spec) => spec.disk === "shared" || spec.diskReads === "logged", {
+    message: "a local disk takes logged reads: a backup's copy cannot serve its primary's reads",
+    path: ["diskReads"],
   });
 
 export type VmSpec = z.infer<typeof VmSpecSchema>;

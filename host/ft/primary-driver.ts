@@ -45,7 +45,7 @@ const CLONE_CONTACT_MS_MAX = 60_000;
 
 export type VmDevices = Pick<
   MachineOptions,
-  "listen" | "nic" | "diskFile" | "diskBlocks" | "disk" | "memoryPagesMax" | "onConsole" | "onListening" | "onDeviceError" | "onPaused"
+  "listen" | "nic" | "diskFile" | "diskBlocks" | "disk" | "diskReads" | "diskLocal" | "memoryPagesMax" | "onConsole" | "onListening" | "onDeviceError" | "onPaused"
 >;
 
 export interface PrimaryDriverOptions {
@@ -417,6 +417,12 @@ export class PrimaryDriver {
 
   private pump(): void {
     const ready = this.core.ready();
+    // diskReads "backup": a write waits until the backup has read its blocks' old contents
+    // (§4.2, read-fence.ts); alone, nothing is waited for. goingAlone keeps waiting, and so
+    // does a halted primary: what waits then is dropped, never written (FencedDisk.close).
+    const state = this.core.state;
+    if (state === "paired") this.machine.backupProgress(Number(this.core.position().replayedSeq));
+    else if (state === "alone") this.machine.backupProgress(null);
     this.machine.setStall(ready.stall);
     this.lagIcountNow = ready.lagIcount;
     if (ready.cpuShare !== this.cpuShare) {

@@ -6,9 +6,11 @@
 // with no backup, they are released at once.
 
 import { MessageChannel, Worker, type MessagePort } from "node:worker_threads";
-import type { ControlKind, LogRecord } from "../../protocol/records.js";
+import { EventKind, type ControlKind, type LogRecord } from "../../protocol/records.js";
 import { assert } from "../errors.js";
+import { BackupReader, type DiskReads } from "../devices/disk-reads.js";
 import { FileDisk } from "../devices/file-disk.js";
+import { FencedDisk } from "../devices/read-fence.js";
 import { TcpNic, type ListenAddress } from "../devices/tcp-nic.js";
 import type { InstrumentedModule } from "../instrument/index.js";
 import {
@@ -117,6 +119,18 @@ export interface MachineOptions {
   /** Instead of diskFile: the disk device (diskBlocks must say its size). */
   disk?: DiskFactory;
   diskBlocks?: number;
+  /**
+   * Where read data come from in replay (§4.2; host/devices/disk-reads.ts): "logged" (the
+   * default) logs them; "backup" logs a reference and the replaying backup reads the disk
+   * itself, which must then be the same disk (shared) or a copy in the same state.
+   */
+  diskReads?: DiskReads;
+  /**
+   * The disk is this VM's own copy, not shared (§4.1; docs/local-disks.md): writes are
+   * internal state, not outputs (never held), and a replaying backup writes its own copy as
+   * it goes. Needs diskReads "logged" and a disk (diskFile or disk).
+   */
+  diskLocal?: boolean;
   memoryPagesMax?: number;
   listen?: (virtualPort: number) => ListenAddress;
   /** Instead of local sockets at `listen`: this NIC (a switch link). */
@@ -161,6 +175,17 @@ export class Machine {
   private readonly slots: Int32Array;
   private readonly nic: NicDevice | null = null;
   private readonly disk: DiskDevice | null = null;
+  /** diskReads "backup", recording: writes wait for the backup's reads (read-fence.ts). */
+  private readonly fence: FencedDisk | null = null;
+  /** diskReads "backup", replaying: the backup's own reads (disk-reads.ts). */
+  private readonly backupReader: BackupReader | null = null;
+  /**
+   * diskLocal, replaying: writes to the backup's copy in flight, whose completions go to the
+   * replay, not to the guest. At most the guest's DISK_IOS_MAX: the replay waits for each
+   * before it delivers the write's logged completion.
+   */
+  private readonly replayWrites = new Set<number>();
+  private replaying: boolean;
   private replaySent = 0;
   private replayConsumed = 0;
   private replayFeeding = false;
@@ -172,8 +197,25 @@ export class Machine {
   constructor(private readonly options: MachineOptions) {
     assert(!(options.disk && options.diskFile), "one disk: a device or a file");
     assert(!options.disk || (options.diskBlocks ?? 0) > 0, "an injected disk comes with its size in diskBlocks");
-    const deliver = (event: DeviceEvent) => this.send({ t: "event", event });
+    const diskReads = options.diskReads ?? "logged";
+    assert(!(options.diskLocal && diskReads === "backup"), "a disk of its own takes logged reads: its copy lags the primary's");
+    assert(!options.diskLocal || options.disk !== undefined || Boolean(options.diskFile), "a disk of its own needs a disk");
+    this.replaying = options.mode === "replay";
+    // A backup read's completion is the replay's, not an event for the guest; so is a write
+    // to a backup's own copy.
+    const deliver = (event: DeviceEvent) => {
+      if (event.kind === EventKind.DiskDone && this.replayWrites.delete(event.arg)) {
+        if (event.value !== 0) options.onDeviceError?.(`a write to this backup's own disk copy failed (status ${event.value})`);
+        this.send({ t: "backup_read", id: event.arg, value: event.value });
+        return;
+      }
+      if (this.backupReader?.completed(event) !== true) this.send({ t: "event", event });
+    };
     if (options.disk) this.disk = options.disk(deliver);
+    // A replay that reads or writes the disk itself opens it even when it will never go live.
+    if (options.diskFile && options.mode === "replay" && !options.goLiveAs && (diskReads === "backup" || options.diskLocal)) {
+      this.disk = FileDisk.open(options.diskFile, options.diskBlocks ?? 0, deliver);
+    }
     if (options.mode !== "replay" || options.goLiveAs) {
       this.nic =
         options.nic?.(deliver) ??
@@ -184,6 +226,19 @@ export class Machine {
           (message) => options.onDeviceError?.(message),
         );
       if (options.diskFile) this.disk = FileDisk.open(options.diskFile, options.diskBlocks ?? 0, deliver);
+    }
+    if (this.disk !== null && diskReads === "backup") {
+      const device = this.disk;
+      if (options.mode === "replay") {
+        this.backupReader = new BackupReader(
+          device,
+          (id, value, data) => this.send({ t: "backup_read", id, value, ...(data === undefined ? {} : { data }) }),
+          (message) => options.onDeviceError?.(message),
+        );
+      }
+      // Recording (now, or once live): under FT (outputs held) a backup exists until the
+      // driver says otherwise (backupProgress).
+      if (options.mode !== "replay" || options.goLiveAs) this.disk = this.fence = new FencedDisk(device, options.holdOutput !== undefined);
     }
     const shared = new SharedArrayBuffer(CONTROL_SLOTS * Int32Array.BYTES_PER_ELEMENT);
     this.slots = new Int32Array(shared);
@@ -197,6 +252,8 @@ export class Machine {
       wasm: options.module.wasm,
       globals: options.module.globals,
       diskBlocks: options.diskFile || options.disk || options.mode === "replay" ? (options.diskBlocks ?? 0) : 0,
+      diskReads,
+      diskLocal: options.diskLocal ?? false,
       memoryPagesMax: options.memoryPagesMax ?? MEMORY_PAGES_MAX_DEFAULT,
       maxInstructions: options.maxInstructions ?? null,
       untilIcount: options.untilIcount ?? null,
@@ -230,6 +287,20 @@ export class Machine {
       });
     });
     if (options.mode === "replay") void this.feedReplay();
+  }
+
+  /**
+   * diskReads "backup", FT primary: the backup has replayed every record < replayedSeq (its
+   * acks); null when this VM has no backup to wait for (alone). Writes to blocks the backup has
+   * yet to read wait for it (read-fence.ts). Call it whenever either changes.
+   */
+  backupProgress(replayedSeq: number | null): void {
+    this.fence?.progress(replayedSeq);
+  }
+
+  /** diskReads "backup": writes that waited for a backup's read so far (read-fence.ts). */
+  get diskWritesFenced(): number {
+    return this.fence?.writesFenced ?? 0;
   }
 
   /** Stall the vCPU at its next log flush (a full log buffer, §3.2), or let it go again. */
@@ -294,12 +365,14 @@ export class Machine {
   private receive(message: Exclude<FromVcpu, { t: "done" }>): void {
     switch (message.t) {
       case "log":
+        this.fence?.logged(message.records);
         this.options.onRecords?.(message.records);
         break;
       case "out": {
         const out = message.out;
-        // A disk read and a listen are requests to a device, not outputs: nothing to hold.
-        if (this.options.holdOutput === undefined || out.o === "disk_read" || out.o === "nic_listen") {
+        // A disk read and a listen are requests to a device, not outputs: nothing to hold; nor
+        // is a write to a disk of its own (§4.1).
+        if (this.options.holdOutput === undefined || out.o === "disk_read" || out.o === "nic_listen" || (out.o === "disk_write" && this.options.diskLocal)) {
           this.releaseOutput(out);
         } else {
           this.options.holdOutput(message.seq, () => this.releaseOutput(out));
@@ -314,6 +387,7 @@ export class Machine {
         break;
       case "consumed":
         this.replayConsumed = message.count;
+        this.backupReader?.consumed(message.count);
         this.options.onReplayProgress?.(message.count, message.icount);
         void this.feedReplay();
         break;
@@ -326,6 +400,7 @@ export class Machine {
         this.options.onPaused?.(message.paused);
         break;
       case "live":
+        this.replaying = false;
         this.nic?.goLive(message.streams);
         for (const port of message.listening) this.nic?.listen(port);
         for (const io of message.diskIos) {
@@ -358,6 +433,7 @@ export class Machine {
         this.disk?.read(out.id, out.block, out.count);
         break;
       case "disk_write":
+        if (this.replaying) this.replayWrites.add(out.id);
         this.disk?.write(out.id, out.block, out.data);
         break;
     }
@@ -380,6 +456,8 @@ export class Machine {
         if (records.length === 0) continue;
         this.replaySent += records.length;
         this.send({ t: "records", records });
+        // After the records: their reads' answers then reach the vCPU after them.
+        this.backupReader?.received(records);
       }
     } finally {
       this.replayFeeding = false;

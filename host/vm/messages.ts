@@ -7,6 +7,7 @@
 
 import type { MessagePort } from "node:worker_threads";
 import type { ControlKind, EventKind, LogRecord } from "../../protocol/records.js";
+import type { DiskReads } from "../devices/disk-reads.js";
 import type { DiskIoSnapshot, VmSnapshot } from "./snapshot.js";
 
 export type VmMode = "live" | "record" | "replay";
@@ -28,6 +29,17 @@ export interface VcpuBoot {
   wasm: Uint8Array;
   globals: { exportName: string; type: "i32" | "i64" | "f32" | "f64" }[];
   diskBlocks: number;
+  /**
+   * "backup": a read's DiskDone is logged with a read reference instead of its data, and a
+   * replay takes the data from `backup_read` messages (§4.2, host/devices/disk-reads.ts).
+   */
+  diskReads: DiskReads;
+  /**
+   * The disk is this VM's own copy (§4.1, non-shared; docs/local-disks.md): a replay posts its
+   * disk writes too, the Machine writes them to the backup's copy, and the replay delivers a
+   * write's logged completion only once its own write is done (a `backup_read` message).
+   */
+  diskLocal: boolean;
   memoryPagesMax: number;
   /** Record: stop at the first delivery point at or past this count. */
   maxInstructions: bigint | null;
@@ -90,6 +102,12 @@ export type ToVcpu =
   | { t: "records"; records: LogRecord[] }
   /** Replay: the log ends here; no more records will come. */
   | { t: "records_end" }
+  /**
+   * Replay, diskReads "backup": the backup's own read for the logged read `id` (status 0 and
+   * the data), or its final failure (status < 0, no data). diskLocal: the backup's own write
+   * `id` to its copy completed with this status (no data).
+   */
+  | { t: "backup_read"; id: number; value: number; data?: Uint8Array }
   /** Record/live: stop at the next delivery point. */
   | { t: "stop" }
   /**

@@ -37,6 +37,7 @@ import {
   type LogRecord,
 } from "../../protocol/records.js";
 import { assert } from "../errors.js";
+import { decodeReadReference, encodeReadReference, READ_REFERENCE_BYTES, BACKUP_READS_AHEAD_MAX } from "../devices/disk-reads.js";
 import { ASYNCIFY_EXPORTS } from "../instrument/abi.js";
 import {
   CONTROL_CPU_SHARE,
@@ -218,6 +219,8 @@ export class Vcpu {
   private readonly conns = new Map<number, Conn>();
   private readonly diskIos = new Map<number, DiskIo>();
   private nextDiskIoId = 1;
+  /** Replay, diskReads "backup": the backup's own reads, by IO id, until delivered. */
+  private readonly backupReads = new Map<number, { value: number; data: Uint8Array | undefined }>();
 
   // Host-side state, not guest-visible: events not yet delivered, timer phase, clock base.
   private readonly pending: DeviceEvent[] = [];
@@ -251,6 +254,13 @@ export class Vcpu {
       const restore = this.boot.restore;
       if (restore) {
         this.applySnapshot(restore);
+        // A clone with a disk of its own (§4.1): writes in flight at the snapshot were never
+        // submitted here; write them now, so that their logged completions find them done.
+        if (this.mode === "replay" && this.boot.diskLocal) {
+          for (const [id, io] of this.diskIos) {
+            if (io.data !== null) this.post({ t: "out", seq: this.seq, out: { o: "disk_write", id, block: io.block, count: io.count, data: io.data } });
+          }
+        }
         // Mid-export: finish the export the snapshot was taken in, then idle as after it.
         if (restore.stack !== undefined) this.resumeStack(restore);
       } else {
@@ -492,11 +502,13 @@ export class Vcpu {
         this.pending.shift();
         continue;
       }
+      // Before delivery, while the IO is still known.
+      const logged = this.loggedData(event);
       if (!this.deliver(event)) break;
       this.pending.shift();
       delivered++;
       if (this.mode === "record") {
-        this.log(RecordKind.Event, icount, event.kind, event.arg, BigInt(event.value), event.data);
+        this.log(RecordKind.Event, icount, event.kind, event.arg, BigInt(event.value), logged);
       }
       if (this.boot.streamNic && event.kind === EventKind.NicData) (rxAcks ??= new Set()).add(event.arg);
     }
@@ -525,17 +537,101 @@ export class Vcpu {
       if (record === null || record.kind !== RecordKind.Event) return delivered;
       if (record.icount > icount) return delivered;
       if (record.icount < icount) throw this.divergence(icount, `an event at icount ${record.icount}`);
-      this.takeRecord();
       const event: DeviceEvent = {
         kind: record.a as EventKind,
         arg: record.b,
         value: Number(record.value),
         data: record.data,
       };
+      // Before the record counts as consumed: a backup's replay progress must not confirm a
+      // read to its primary's fence (read-fence.ts) before the read is done.
+      if (event.kind === EventKind.DiskDone && this.deliverable(event)) event.data = this.replayedReadData(icount, record);
+      this.takeRecord();
       if (!this.deliverable(event) || !this.deliver(event)) {
         throw this.divergence(icount, "the guest to accept a logged event");
       }
       delivered++;
+    }
+  }
+
+  /**
+   * Record: what an event's record carries. With diskReads "backup" a successful read's data
+   * stay out of the log: the record names the blocks, and the backup reads them (§4.2).
+   */
+  private loggedData(event: DeviceEvent): Uint8Array | undefined {
+    if (event.kind !== EventKind.DiskDone || this.boot.diskReads !== "backup" || event.value !== 0) return event.data;
+    const io = this.diskIos.get(event.arg)!;
+    return io.write ? event.data : encodeReadReference(io.block, io.count);
+  }
+
+  /**
+   * Replay: the data a logged DiskDone delivers. A failed read delivers its logged status and
+   * nothing else, whatever the disk would say now (§4.2). A successful one carries its data
+   * (diskReads "logged") or a read reference, whose data the backup read itself: wait for them.
+   * Primary and backup must agree on the mode; a record of the other kind stops the replay at
+   * once rather than guess (DISK_READS_MISMATCH).
+   */
+  private replayedReadData(icount: bigint, record: LogRecord): Uint8Array | undefined {
+    const io = this.diskIos.get(record.b)!;
+    if (io.write) {
+      if (this.boot.diskLocal) this.awaitOwnWrite(icount, record.b, io);
+      return record.data;
+    }
+    if (record.value !== 0n) return record.data;
+    const referenced = record.data.length === READ_REFERENCE_BYTES;
+    if (referenced !== (this.boot.diskReads === "backup")) {
+      throw new Stop(
+        "divergence",
+        1,
+        `DISK_READS_MISMATCH at icount ${icount}: the log ${referenced ? "leaves read data to the backup (--disk-reads backup)" : "carries read data (--disk-reads logged)"} but this VM runs --disk-reads ${this.boot.diskReads}: primary and backup must use the same mode`,
+      );
+    }
+    if (!referenced) return record.data;
+    const { block, count } = decodeReadReference(record.data);
+    if (block !== io.block || count !== io.count) throw this.divergence(icount, `a read of blocks ${io.block}+${io.count}`);
+    const read = this.awaitBackupRead(record.b);
+    if (read.value !== 0 || read.data === undefined || read.data.length !== count * BLOCK_BYTES) {
+      throw new Stop(
+        "divergence",
+        1,
+        `BACKUP_READ_FAILED at icount ${icount}: this backup could not read blocks ${block}+${count} (status ${read.value}) that its primary read; it stops rather than deliver other data`,
+      );
+    }
+    return read.data;
+  }
+
+  /**
+   * Replay, diskLocal (§4.1): this backup's write of IO `id` to its own copy must be done before
+   * the guest hears of the primary's: the copy then holds what the guest believes, and the
+   * writes in flight stay within the guest's own limit (DISK_IOS_MAX). A copy that could not
+   * be written no longer matches the primary's: this backup must not go live with it.
+   */
+  private awaitOwnWrite(icount: bigint, id: number, io: DiskIo): void {
+    const done = this.awaitBackupRead(id);
+    if (done.value !== 0) {
+      throw new Stop(
+        "divergence",
+        1,
+        `BACKUP_WRITE_FAILED at icount ${icount}: this backup could not write blocks ${io.block}+${io.count} to its own disk copy (status ${done.value}); it stops rather than go on with a copy that differs`,
+      );
+    }
+  }
+
+  /**
+   * Replay: the backup's read for IO `id`, waiting for it if it is still running. The Machine
+   * answers every read it starts exactly once, data or final failure, so this ends.
+   */
+  private awaitBackupRead(id: number): { value: number; data: Uint8Array | undefined } {
+    for (;;) {
+      const read = this.backupReads.get(id);
+      if (read !== undefined) {
+        this.backupReads.delete(id);
+        return read;
+      }
+      // The Machine reads ahead only so far past what the vCPU consumed: tell it where it is.
+      this.reportCaughtUp();
+      this.waitForMail(IDLE_WAIT_MS_MAX);
+      this.pollMail();
     }
   }
 
@@ -792,6 +888,14 @@ export class Vcpu {
         case "records_end":
           this.recordsEnded = true;
           break;
+        case "backup_read":
+          // Once live, a write to the copy that was still running is of no interest.
+          if (this.mode !== "replay") break;
+          // The Machine starts at most BACKUP_READS_AHEAD_MAX reads ahead of the replay, and a
+          // disk of its own has at most the guest's DISK_IOS_MAX writes in flight.
+          assert(this.backupReads.size < 2 * BACKUP_READS_AHEAD_MAX + DISK_IOS_MAX, "backup IOs ahead over their bound");
+          this.backupReads.set(message.id, { value: message.value, data: message.data });
+          break;
         default:
           assert(false, `${message.t} on the device port`);
       }
@@ -983,6 +1087,8 @@ export class Vcpu {
           }
         }
         if (out.o === "console") this.post({ t: "out", seq: this.seq, out });
+        // A disk of its own (§4.1): the backup writes its copy as it replays; not an output.
+        else if (out.o === "disk_write" && this.boot.diskLocal) this.post({ t: "out", seq: this.seq, out });
         return;
       }
     }
