@@ -4,6 +4,7 @@ import { formatResult, runMeteringBench } from "./metering.js";
 import { printCloneBench, runCloneBench } from "./clone.js";
 import { printClusterBench, runClusterBench } from "./cluster.js";
 import { printCompressionBench, printSettingsSweep, runCompressionBench, runSettingsSweep } from "./compression.js";
+import { printDiskReadsBench, runDiskReadsBench } from "./disk-reads.js";
 import { printFtBench, runFtBench } from "./ft.js";
 import { printSnapshotBench, runSnapshotBench } from "./snapshot.js";
 import { printSwitchBench, runSwitchBench } from "./switch.js";
@@ -20,6 +21,9 @@ printVmBench(await runVmBench());
 
 console.log("\n== fault tolerance (primary and backup in one process, real WebSocket channel)");
 printFtBench(await runFtBench());
+
+console.log("\n== disk reads logged vs executed on the backup (§4.2): kv recovering its data set under FT");
+printDiskReadsBench(await runDiskReadsBench());
 
 console.log("\n== fault tolerance on the embedded cluster (lockstep up: real processes on loopback)");
 printClusterBench(await runClusterBench());

@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 # Debian packages: real clients for the guests' tests (redis-cli, redis-benchmark, curl),
 # redis-server as the baseline a user would otherwise pick (bench/switch.ts), and etcd-server
 # (/usr/bin/etcd) for `--arbiter etcd://` and its tests (test/ft/etcd-arbiter.test.ts). The
-# package's systemd unit is not needed: the tests start their own etcd on free ports.
-debian_packages=(redis-tools redis-server curl etcd-server)
+# package's systemd unit is not needed: the tests start their own etcd on free ports. chromium
+# (/usr/bin/chromium) is the headless browser of the dashboard's tests (test/dashboard/), driven
+# by npm's playwright-core, which downloads no browser of its own. iproute2 (`ip netns`) for the
+# partition test of the etcd arbiter (test/cluster/etcd-partition.test.ts).
+debian_packages=(redis-tools redis-server curl etcd-server iproute2 chromium)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

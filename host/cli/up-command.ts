@@ -4,6 +4,9 @@
 // each host's id and pid, and where the guest's ports are. On a terminal, a few lines of
 // how-to follow it. stderr gets every daemon's JSON log lines, each with its host.
 
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { parseArgs } from "node:util";
 import { EmbeddedCluster } from "../cluster/embedded.js";
 import { VM_NAME } from "../cluster/vm-spec.js";
@@ -18,10 +21,11 @@ export const UP_PORT_DEFAULT = 7400;
 export const UP_USAGE = `usage:
   lockstep up [--guest NAME]... [--hosts N] [--vm NAME] [--no-switch] [--no-restore] [--port PORT] [--bind HOST] [--dir DIR]
               [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--timeout-ms MS]
-              [--token TOKEN] [--log-compression on|off] [--arbiter etcd://HOST:PORT]
+              [--token TOKEN] [--log-compression on|off] [--arbiter etcd://HOST:PORT] [--disk-reads logged|backup] [--disk shared|local]
 
 Starts a storage server, a switch and N hosts (default 3) as child processes, runs each
-guest's primary and backup on two different hosts, and serves GET /api/status until Ctrl-C.
+guest's primary and backup on two different hosts, and serves GET /api/status and the
+dashboard (http://127.0.0.1:7400/) until Ctrl-C.
   --guest       an example's name or a .wasm path; repeat for more VMs (default: kv and http)
   --vm          the VM's name, with one --guest (default: the guest's name)
   --no-switch   no switch: clients connect to the primary's host and reconnect after a failover
@@ -31,6 +35,11 @@ guest's primary and backup on two different hosts, and serves GET /api/status un
   --dir         keep disks and registers here (default: a temporary folder, removed at exit)
   --guest-port  serve the guests' virtual port VPORT on this TCP port (default: a free one)
   --timeout-ms  declare a silent primary or backup failed after this long (default 1000)
+  --disk-reads  "logged" (default): disk read data travel in the log; "backup": the backup reads
+                the shared disk itself, which takes them off the logging channel (§4.2)
+  --disk        "shared" (default): disks on the storage server; "local": each host keeps its own
+                copy under $LOCKSTEP_LOCAL_DISK_DIR (default DIR/local-disks, or a temporary
+                folder), and a new backup gets only the blocks that differ (§4.1)
   --log-compression  deflate on the logging channels (default: $LOCKSTEP_LOG_COMPRESSION, else off)
   --arbiter     settle go-live on etcd (etcd://HOST:PORT[,...]; user:password from $LOCKSTEP_ETCD_TOKEN)
                 rather than on the storage server's registers; passed to every host
@@ -55,6 +64,8 @@ export async function upCommand(args: string[]): Promise<number> {
       "timeout-ms": { type: "string", default: "1000" },
       token: { type: "string" },
       arbiter: { type: "string" },
+      "disk-reads": { type: "string", default: "logged" },
+      disk: { type: "string", default: "shared" },
       "log-level": { type: "string", default: "info" },
       "log-compression": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -78,6 +89,17 @@ export async function upCommand(args: string[]): Promise<number> {
     if (match === null) throw new LockstepError("USAGE", `--guest-port takes VPORT=PORT, not "${mapping}"`);
     ports[String(integer(match[1]!, "--guest-port VPORT", 1, 65535))] = integer(match[2]!, "--guest-port PORT", 0, 65535);
   }
+  const diskReads = values["disk-reads"];
+  if (diskReads !== "logged" && diskReads !== "backup") throw new LockstepError("USAGE", `--disk-reads takes logged or backup, not "${diskReads}"`);
+  const disk = values.disk;
+  if (disk !== "shared" && disk !== "local") throw new LockstepError("USAGE", `--disk takes shared or local, not "${disk}"`);
+  if (disk === "local" && diskReads === "backup") throw new LockstepError("USAGE", "--disk local takes --disk-reads logged: a backup's own copy cannot serve its primary's reads");
+  // The hosts inherit it: each keeps its copies under <it>/<host id>/.
+  let temporaryLocalDisks: string | null = null;
+  if (disk === "local" && process.env.LOCKSTEP_LOCAL_DISK_DIR === undefined) {
+    if (values.dir === undefined) temporaryLocalDisks = fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-local-disks-"));
+    process.env.LOCKSTEP_LOCAL_DISK_DIR = temporaryLocalDisks ?? path.join(values.dir!, "local-disks");
+  }
   const cluster = new EmbeddedCluster({
     vms,
     switch: !values["no-switch"],
@@ -92,6 +114,8 @@ export async function upCommand(args: string[]): Promise<number> {
     ports,
     token: secret(values.token, HOST_TOKEN_ENV, "--token"),
     arbiter: values.arbiter ?? null,
+    diskReads,
+    disk,
     log: createLogger(logLevel(values["log-level"])),
   });
   // Ctrl-C while starting stops what has started.
@@ -111,13 +135,14 @@ export async function upCommand(args: string[]): Promise<number> {
   if (process.stdout.isTTY) process.stdout.write(howTo(ready));
   await signal;
   await cluster.stop();
+  if (temporaryLocalDisks !== null) fs.rmSync(temporaryLocalDisks, { recursive: true, force: true });
   return 0;
 }
 
 function howTo(ready: Record<string, unknown>): string {
   const vms = ready.vms as { vm: string; primary: string; backup: string; ports: Record<string, string> }[];
   const services = (ready.services ?? {}) as Record<string, string>;
-  const lines = [`\nstatus: curl -s ${String(ready.status)}`];
+  const lines = [`\ndashboard: ${String(ready.url)}/  (live status, charts, events; kill, cut, migrate from the page)`, `status: curl -s ${String(ready.status)}`];
   const client = (service: string, vport: string, address: string) => {
     const [host, port] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
     if (vport === "6379" || service === "kv") return `  redis-cli -h ${host} -p ${port} SET greeting hello`;

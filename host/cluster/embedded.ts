@@ -7,6 +7,11 @@
 //                                  and recent events (failure detected, went live, halted, ...)
 //   POST /api/vms/:vm/control      forwarded to the VM's current primary
 //   POST /api/hosts/:id/network    {"connected": false|true}: cut a host off, or join it again
+//   POST /api/hosts/:id/kill       a real SIGKILL to the host's process (it restarts empty)
+//   POST /api/vms                  {"guest","vm"}: start an example guest under FT
+//   POST /api/vms/:vm/migrate      {"role","to"}: move its primary or backup
+//   POST /api/replay?guest=&until= a log file as the body: time travel (host/dashboard/time-travel.ts)
+//   GET  /                         the dashboard (host/dashboard/), live over WS /api/live
 //
 // The hosts' JSON log lines are copied to this process's stderr with the host's id added.
 
@@ -19,13 +24,16 @@ import { LockstepError } from "../errors.js";
 import { parseEtcdUrl } from "../ft/etcd-url.js";
 import type { Logger } from "../log.js";
 import { StorageClient } from "../storage/client.js";
-import { loadGuest } from "../vm/guest.js";
+import { LiveHub } from "../dashboard/live.js";
+import { checkOrigin, isDashboardFile, serveDashboardFile } from "../dashboard/static.js";
+import { replayRequest } from "../dashboard/time-travel.js";
+import { exampleGuests, loadGuest } from "../vm/guest.js";
 import { Child } from "./child.js";
 import type { HostStatus } from "./host-daemon.js";
 import type { VmStatus } from "./hosted-vm.js";
 import { ApiError, checkToken, fetchJson, isLoopback, readJson, sendError, sendJson } from "./http.js";
 import { type CloneAction, planClones } from "./redundancy.js";
-import { describeIssues } from "./vm-spec.js";
+import { describeIssues, VM_NAME } from "./vm-spec.js";
 import { z } from "zod";
 
 export const CLUSTER_HOSTS_MAX = 16;
@@ -40,6 +48,8 @@ const HOST_RESTARTS_MAX = 100;
 const STORAGE_RESTARTS_MAX = 100;
 
 const MigrateSchema = z.object({ role: z.enum(["primary", "backup"]), to: z.string().min(1).max(64) }).strict();
+/** A guest started from the dashboard or the API: an example by name, never a path. */
+const StartSchema = z.object({ guest: z.string().min(1).max(64), vm: z.string().regex(VM_NAME, "vm: lowercase letters, digits and '-', at most 63").optional() }).strict();
 /** Each step of a migration that waits for an event (going alone, going live) gets this long. */
 const MIGRATION_STEP_MS = 30_000;
 
@@ -74,6 +84,10 @@ export interface ClusterOptions {
   /** Where storage keeps disks and registers; a fresh temporary folder when null. */
   dir: string | null;
   diskBlocks: number;
+  /** Where disk read data come from on a backup (VmSpec.diskReads; default "logged"). */
+  diskReads?: "logged" | "backup";
+  /** Shared disks on the storage server, or a copy per host (VmSpec.disk; default "shared"). */
+  disk?: "shared" | "local";
   memoryMib: number;
   /** The pair's failure timeout. */
   timeoutMs: number;
@@ -120,6 +134,7 @@ export class EmbeddedCluster {
   private storage: { child: Child; url: string } | null = null;
   private switch: { child: Child; url: string; services: Record<string, string> } | null = null;
   private server: Server | null = null;
+  private live: LiveHub | null = null;
   private stopping = false;
   private redundancyTimer: NodeJS.Timeout | null = null;
   private redundancyChecking = false;
@@ -166,6 +181,8 @@ export class EmbeddedCluster {
     }
 
     this.server = createServer((req, res) => void this.handle(req, res));
+    const live = (this.live = new LiveHub(this, { token: this.options.token, log: this.options.log }));
+    this.server.on("upgrade", (req, socket, head) => live.upgrade(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", (error) => reject(new LockstepError("USAGE", `cannot listen on ${this.options.bind}:${this.options.port}: ${error.message}`)));
       this.server!.listen(this.options.port, this.options.bind, resolve);
@@ -212,6 +229,8 @@ export class EmbeddedCluster {
       guest: vm.guest,
       generation,
       diskBlocks: guest.usesDisk ? this.options.diskBlocks : 0,
+      diskReads: this.options.diskReads ?? "logged",
+      disk: this.options.disk ?? "shared",
       memoryMib: this.options.memoryMib,
       timeoutMs: this.options.timeoutMs,
       ...(this.switch === null ? {} : { switchUrl: this.switch.url.replace(/^http/, "ws") }),
@@ -270,10 +289,17 @@ export class EmbeddedCluster {
     };
   }
 
+  /** Calls `listener` with every event from now on (the dashboard's live feed); returns the unsubscribe. */
+  onEvent(listener: (event: ClusterEvent) => void): () => void {
+    this.waiters.add(listener);
+    return () => this.waiters.delete(listener);
+  }
+
   /** Ctrl-C: every host stops its VMs (none goes live), then storage. */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.live?.close();
     if (this.redundancyTimer !== null) clearInterval(this.redundancyTimer);
     this.server?.closeAllConnections();
     this.server?.close();
@@ -523,9 +549,17 @@ export class EmbeddedCluster {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      checkToken(req, this.options.token);
       const url = new URL(req.url ?? "/", "http://up");
+      // The page carries no secret and asks for the token itself; every API call needs it.
+      if ((req.method === "GET" || req.method === "HEAD") && isDashboardFile(url.pathname)) return await serveDashboardFile(req, res, url.pathname);
+      checkToken(req, this.options.token);
+      if (req.method !== "GET") checkOrigin(req);
       if (req.method === "GET" && url.pathname === "/api/status") return sendJson(res, 200, await this.status());
+      if (req.method === "GET" && url.pathname === "/api/guests") return sendJson(res, 200, { guests: exampleGuests() });
+      if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startGuest(await readJson(req)));
+      if (req.method === "POST" && url.pathname === "/api/replay") return sendJson(res, 200, await replayRequest(req, url));
+      const kill = /^\/api\/hosts\/([^/]+)\/kill$/.exec(url.pathname);
+      if (req.method === "POST" && kill !== null) return sendJson(res, 200, this.killHost(kill[1]!));
       const control = /^\/api\/vms\/([^/]+)\/control$/.exec(url.pathname);
       if (req.method === "POST" && control !== null) {
         const body = await readJson(req);
@@ -550,6 +584,53 @@ export class EmbeddedCluster {
       throw new ApiError("NOT_FOUND", `no route ${req.method} ${url.pathname}`);
     } catch (error) {
       sendError(res, error);
+    }
+  }
+
+  /**
+   * A real SIGKILL to a host's process, as a crash would end it: its VMs fail over, and the
+   * host is started again empty (startHost), as a rebooted machine comes back.
+   */
+  private killHost(id: string): Record<string, unknown> {
+    const host = this.hosts.find((h) => h.id === id);
+    if (host === undefined || !host.child.alive) throw new ApiError("NOT_FOUND", `no running host ${id}`);
+    const pid = host.child.pid;
+    host.child.process.kill("SIGKILL");
+    this.clusterEvent("hostKilled", `${id} (pid ${pid}) killed with SIGKILL`, "up", { target: id });
+    return { host: id, pid, signal: "SIGKILL" };
+  }
+
+  /**
+   * Starts an example guest under FT on the two least loaded healthy hosts (by VMs they run),
+   * its backup first, as `lockstep up --guest` does at start. Only examples: a request names
+   * no file on this machine. A guest with a network is reachable on its primary's host only
+   * when the cluster runs without a switch: the switch's services are fixed at its start.
+   */
+  private async startGuest(body: unknown): Promise<Record<string, unknown>> {
+    const parsed = StartSchema.safeParse(body);
+    if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+    const { guest } = parsed.data;
+    const examples = exampleGuests();
+    if (!examples.includes(guest)) throw new ApiError("BAD_REQUEST", `guest: one of ${examples.join(", ")}, not "${guest}"`);
+    const vm = parsed.data.vm ?? guest;
+    if (this.cloning.has(vm)) throw new ApiError("CONFLICT", `${vm} is being started, cloned or migrated already`);
+    // Held like a clone: the cluster service must not clone a primary whose backup is starting.
+    this.cloning.add(vm);
+    try {
+      await Promise.all(this.hosts.map((host) => this.poll(host)));
+      const running = (h: HostEntry) => (h.last?.vms ?? []).filter((v) => v.result === null);
+      if (this.hosts.some((h) => h.child.alive && running(h).some((v) => v.vm === vm))) throw new ApiError("CONFLICT", `a VM named ${vm} runs already`);
+      const healthy = this.hosts
+        .filter((h) => h.child.alive && h.responsive && h.last !== null && h.last.connected && h.last.storageReachable)
+        .sort((a, b) => running(a).length - running(b).length || a.id.localeCompare(b.id, "en", { numeric: true }));
+      if (healthy.length < 2) throw new ApiError("UNAVAILABLE", `${vm} needs two healthy hosts, for its primary and its backup; ${healthy.length} are`);
+      const [primaryHost, backupHost] = [healthy[0]!, healthy[1]!];
+      const { generation } = await this.startVm({ guest, vm }, loadGuest(guest), primaryHost, backupHost);
+      const result = { vm, guest, generation, primary: primaryHost.id, backup: backupHost.id };
+      this.clusterEvent("vmStarted", `${vm} (${guest}) started: primary on ${primaryHost.id}, backup on ${backupHost.id}`, "up", { vm, generation });
+      return result;
+    } finally {
+      this.cloning.delete(vm);
     }
   }
 

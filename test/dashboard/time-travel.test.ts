@@ -1,0 +1,96 @@
+// Time travel in the page (real headless Chromium): a log recorded with `lockstep record` is
+// uploaded, replayed to an instruction count on the cluster's server, and the page shows the
+// very result line and console output that `lockstep replay --until COUNT --console` prints.
+
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { type Browser, chromium } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PROJECT_ROOT } from "../../host/vm/guest.js";
+import { UpCluster } from "../helpers/cluster.js";
+
+const CHROMIUM = process.env.LOCKSTEP_CHROMIUM ?? "/usr/bin/chromium";
+const CLI = path.join(PROJECT_ROOT, "dist", "host", "cli", "main.js");
+const OUT_DIR = path.join(PROJECT_ROOT, "test-output", "dashboard");
+const WAIT_MS = 60_000;
+const run = promisify(execFile);
+
+let browser: Browser;
+let cluster: UpCluster | null = null;
+let dir: string;
+
+beforeAll(async () => {
+  fs.mkdirSync(OUT_DIR, { recursive: true });
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-time-travel-test-"));
+  browser = await chromium.launch({ executablePath: CHROMIUM });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  const result = await cluster?.stop();
+  expect(result?.code ?? 0).toBe(0);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe("time travel in the dashboard", () => {
+  it("shows the same result line and console output as `lockstep replay --until`", async () => {
+    const log = path.join(dir, "counter.log");
+    await run(process.execPath, [CLI, "record", "counter", "--log", log, "--seconds", "2"], { cwd: dir });
+    const whole = JSON.parse((await run(process.execPath, [CLI, "replay", "counter", "--log", log])).stdout) as { icount: number };
+    const until = String(Math.floor(whole.icount / 2));
+    const cli = await run(process.execPath, [CLI, "replay", "counter", "--log", log, "--until", until, "--console"]);
+    const cliLine = cli.stdout.trim();
+    expect(cli.stderr).toMatch(/^counter start /);
+    expect(cli.stderr).toContain("tick 1 ");
+
+    cluster = new UpCluster(["--guest", "counter", "--hosts", "2", "--no-restore"]);
+    const ready = await cluster.ready;
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    await page.goto(ready.url);
+    await page.locator("#tt-guest option[value='counter']").waitFor({ state: "attached", timeout: WAIT_MS });
+    await page.getByLabel("Recorded log").setInputFiles(log);
+    await page.getByLabel("Guest").selectOption("counter");
+
+    // The whole log first: its end sets the slider's range.
+    await page.getByRole("button", { name: "Replay to this count" }).click();
+    await page.locator("#tt-result[data-state='ok']").waitFor({ timeout: WAIT_MS });
+    expect(await page.locator("#tt-result").textContent()).toMatch(new RegExp(`^\\{"icount":${whole.icount},`));
+    expect(await page.getByLabel("Move through the log").getAttribute("max")).toBe(String(whole.icount));
+
+    // Then to the count: the same line and the same console output as the CLI.
+    await page.getByLabel("Instruction count (empty: the whole log)").fill(until);
+    await page.getByRole("button", { name: "Replay to this count" }).click();
+    await page.locator("#tt-result[data-state='ok']", { hasText: `"icount":` }).waitFor({ timeout: WAIT_MS });
+    await page.waitForFunction(
+      (line) => (globalThis as unknown as { document: { querySelector(s: string): { textContent: string | null } | null } }).document.querySelector("#tt-result")?.textContent?.startsWith(line) === true,
+      cliLine,
+      { timeout: WAIT_MS },
+    );
+    expect(await page.locator("#tt-result").textContent()).toBe(`${cliLine} (stopped)`);
+    expect(await page.locator("#tt-console").textContent()).toBe(cli.stderr);
+    await page.locator("#time-travel").screenshot({ path: path.join(OUT_DIR, "time-travel.png") });
+
+    // The slider, from the keyboard: Home goes back to the start of the log, and replays there.
+    await page.getByLabel("Move through the log").press("Home");
+    await page.waitForFunction(
+      () => {
+        const doc = (globalThis as unknown as { document: { querySelector(s: string): { textContent: string | null; dataset?: Record<string, string> } | null } }).document;
+        return doc.querySelector("#tt-result")?.dataset?.state === "ok" && /^\{"icount":\d{1,5},/.test(doc.querySelector("#tt-result")?.textContent ?? "");
+      },
+      undefined,
+      { timeout: WAIT_MS },
+    );
+    expect(await page.getByLabel("Instruction count (empty: the whole log)").inputValue()).toBe("0");
+
+    // A log of another guest is refused with the reason, not replayed.
+    await page.getByLabel("Guest").selectOption("cpu");
+    await page.getByLabel("Instruction count (empty: the whole log)").fill("");
+    await page.getByRole("button", { name: "Replay to this count" }).click();
+    await page.locator("#tt-result[data-state='error']").waitFor({ timeout: WAIT_MS });
+    expect(await page.locator("#tt-result").textContent()).toContain("LOG_MODULE_MISMATCH");
+    await page.close();
+  });
+});
