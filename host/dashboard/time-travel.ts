@@ -14,14 +14,13 @@ import { LogFileReader } from "../../protocol/log-file.js";
 import { VmConfig } from "../cli/vm-config.js";
 import { ApiError, readBody } from "../cluster/http.js";
 import { exampleGuests, loadGuest } from "../vm/guest.js";
-import { Machine } from "../vm/machine.js";
+import { Machine, MEMORY_WINDOW_BYTES_MAX } from "../vm/machine.js";
 import { batchedReplaySource } from "../vm/replay-source.js";
 
 export const REPLAY_LOG_BYTES_MAX = 64 * 1024 * 1024;
 export const REPLAY_CONSOLE_BYTES_MAX = 1024 * 1024;
 /** A replay runs at close to recording speed: a minute covers any log of that size here. */
 const REPLAY_TIMEOUT_MS = 60_000;
-/** Records handed to the replaying vCPU per message, as the CLI does. */
 
 export interface TimeTravelResult {
   /** What `lockstep replay` prints on stdout: {"icount":N,"digest":"sha256:…","entries":N}. */
@@ -34,12 +33,22 @@ export interface TimeTravelResult {
   console: string;
   consoleBytes: number;
   consoleTruncated: boolean;
+  /** The bytes of linear memory asked for, as they were at `icount`, in hex; and its size. */
+  memory: { offset: number; hex: string; sizeBytes: number } | null;
 }
+
+/** A window of memory to show, in bytes: a hex view's page. */
+export interface MemoryWindow {
+  offset: number;
+  length: number;
+}
+
+const MEMORY_VIEW_BYTES_DEFAULT = 256;
 
 let busy = false;
 
 /** Replays `log` (the bytes of a log file) of the example `guestName` up to `until` (null: its end). */
-export async function timeTravel(log: Buffer, guestName: string, until: bigint | null): Promise<TimeTravelResult> {
+export async function timeTravel(log: Buffer, guestName: string, until: bigint | null, memoryWindow: MemoryWindow | null = null): Promise<TimeTravelResult> {
   if (!exampleGuests().includes(guestName)) throw new ApiError("BAD_REQUEST", `guest: one of ${exampleGuests().join(", ")}, not "${guestName}"`);
   if (log.length === 0) throw new ApiError("BAD_REQUEST", "the request body must be a log file");
   if (busy) throw new ApiError("CONFLICT", "a replay is running already: one at a time");
@@ -75,6 +84,7 @@ export async function timeTravel(log: Buffer, guestName: string, until: bigint |
       diskBlocks: config.diskBlocks,
       memoryPagesMax: config.memoryPagesMax,
       untilIcount: until,
+      memoryWindow,
       replay: batchedReplaySource(reader.records(), (error) => (feedError = error)),
       onConsole: (text) => {
         consoleBytes += text.length;
@@ -103,6 +113,10 @@ export async function timeTravel(log: Buffer, guestName: string, until: bigint |
       console: Buffer.concat(consoleChunks).toString("utf8"),
       consoleBytes,
       consoleTruncated: consoleBytes > kept,
+      memory:
+        result.memory === undefined
+          ? null
+          : { offset: result.memory.offset, hex: Buffer.from(result.memory.bytes).toString("hex"), sizeBytes: result.memory.sizeBytes },
     };
   } finally {
     await reader?.close().catch(() => undefined);
@@ -112,11 +126,23 @@ export async function timeTravel(log: Buffer, guestName: string, until: bigint |
 }
 
 
-/** `POST /api/replay?guest=NAME&until=COUNT` with the log file as the body (until: optional). */
+/**
+ * `POST /api/replay?guest=NAME&until=COUNT&memoryOffset=BYTES&memoryBytes=N` with the log file
+ * as the body (until: optional; the memory window defaults to the first 256 bytes).
+ */
 export async function replayRequest(req: IncomingMessage, url: URL): Promise<TimeTravelResult> {
   const guest = url.searchParams.get("guest") ?? "";
   const untilText = url.searchParams.get("until") ?? "";
   if (untilText !== "" && !/^\d{1,20}$/.test(untilText)) throw new ApiError("BAD_REQUEST", `until: an instruction count, not "${untilText.slice(0, 40)}"`);
+  const offset = count(url.searchParams.get("memoryOffset"), "memoryOffset", 0, 0xffff_ffff) ?? 0;
+  const length = count(url.searchParams.get("memoryBytes"), "memoryBytes", 0, MEMORY_WINDOW_BYTES_MAX) ?? MEMORY_VIEW_BYTES_DEFAULT;
   const log = await readBody(req, REPLAY_LOG_BYTES_MAX);
-  return timeTravel(log, guest, untilText === "" ? null : BigInt(untilText));
+  return timeTravel(log, guest, untilText === "" ? null : BigInt(untilText), { offset, length });
+}
+
+function count(text: string | null, name: string, min: number, max: number): number | null {
+  if (text === null || text === "") return null;
+  const value = Number(text);
+  if (!/^\d{1,10}$/.test(text) || value < min || value > max) throw new ApiError("BAD_REQUEST", `${name}: an integer from ${min} to ${max}, not "${text.slice(0, 40)}"`);
+  return value;
 }

@@ -32,6 +32,8 @@ import type { VmSnapshot } from "./snapshot.js";
 
 /** Replay: log records sent to the vCPU but not yet consumed, at most. */
 const REPLAY_IN_FLIGHT_RECORDS_MAX = 16_384;
+/** The most bytes of memory a result carries (a page of a hex view, not a memory dump). */
+export const MEMORY_WINDOW_BYTES_MAX = 64 * 1024;
 /** snapshot() calls outstanding at once: a clone at a time, with room for a retry. */
 const SNAPSHOT_WAITERS_MAX = 4;
 /** Default cap on guest memory: 1 GiB. */
@@ -137,6 +139,8 @@ export interface MachineOptions {
   nic?: NicFactory;
   maxInstructions?: bigint | null;
   untilIcount?: bigint | null;
+  /** Return these bytes of linear memory with the result (at most MEMORY_WINDOW_BYTES_MAX). */
+  memoryWindow?: { offset: number; length: number } | null;
   digestAtOutputs?: boolean;
   /** Record: log a marker (an empty Digest record) at every output; see VcpuBoot. */
   markOutputs?: boolean;
@@ -195,6 +199,11 @@ export class Machine {
   private readonly snapshotWaiters: ((snapshot: VmSnapshot) => void)[] = [];
 
   constructor(private readonly options: MachineOptions) {
+    const window = options.memoryWindow;
+    assert(
+      window == null || (Number.isSafeInteger(window.offset) && window.offset >= 0 && window.length >= 0 && window.length <= MEMORY_WINDOW_BYTES_MAX),
+      "a memory window within MEMORY_WINDOW_BYTES_MAX",
+    );
     assert(!(options.disk && options.diskFile), "one disk: a device or a file");
     assert(!options.disk || (options.diskBlocks ?? 0) > 0, "an injected disk comes with its size in diskBlocks");
     const diskReads = options.diskReads ?? "logged";
@@ -257,6 +266,7 @@ export class Machine {
       memoryPagesMax: options.memoryPagesMax ?? MEMORY_PAGES_MAX_DEFAULT,
       maxInstructions: options.maxInstructions ?? null,
       untilIcount: options.untilIcount ?? null,
+      memoryWindow: options.memoryWindow ?? null,
       digestAtOutputs: options.digestAtOutputs ?? false,
       markOutputs: options.markOutputs ?? false,
       jitterSeed: options.jitterSeed ?? null,

@@ -45,6 +45,8 @@ export interface VcpuBoot {
   maxInstructions: bigint | null;
   /** Replay: stop at the first delivery point at or past this count. */
   untilIcount: bigint | null;
+  /** Return these bytes of linear memory with the result (time travel's memory view). */
+  memoryWindow: { offset: number; length: number } | null;
   /** Record: add a Digest record at every output, so replay checks state there. */
   digestAtOutputs: boolean;
   /**
@@ -144,6 +146,8 @@ export interface VmResult {
   exitCode: number;
   /** For trap, divergence and error: one line that says what happened. */
   message: string | null;
+  /** The bytes asked for with `memoryWindow`, clamped to the memory's size, as the run ended. */
+  memory?: { offset: number; bytes: Uint8Array; sizeBytes: number };
 }
 
 /** vCPU → main thread. */

@@ -1358,6 +1358,8 @@ export class Vcpu {
       if (record !== undefined && record.kind === RecordKind.End) this.takeRecord();
     }
     this.flushLog();
+    const window = this.boot.memoryWindow;
+    const memory = window !== null && this.fuel !== undefined ? this.memory : null;
     return {
       icount,
       digest,
@@ -1365,6 +1367,9 @@ export class Vcpu {
       stop: stop.stop,
       exitCode: stop.exitCode,
       message: stop.message,
+      ...(memory === null || window === null
+        ? {}
+        : { memory: { offset: Math.min(window.offset, memory.length), bytes: memory.slice(window.offset, window.offset + window.length), sizeBytes: memory.length } }),
     };
   }
 

@@ -9,6 +9,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { timeTravel } from "../../host/dashboard/time-travel.js";
 import { PROJECT_ROOT } from "../../host/vm/guest.js";
 import { UpCluster } from "../helpers/cluster.js";
 
@@ -36,6 +37,22 @@ afterAll(async () => {
 });
 
 describe("time travel in the dashboard", () => {
+  it("shows the guest's memory as it was at the count: the last line printed is there, the next one not yet", async () => {
+    const log = path.join(dir, "counter-memory.log");
+    await run(process.execPath, [CLI, "record", "counter", "--log", log, "--seconds", "2"], { cwd: dir });
+    const whole = JSON.parse((await run(process.execPath, [CLI, "replay", "counter", "--log", log])).stdout) as { icount: number };
+    const everything = await timeTravel(fs.readFileSync(log), "counter", null);
+    const at = await timeTravel(fs.readFileSync(log), "counter", BigInt(Math.floor(whole.icount / 2)), { offset: 0, length: 65_536 });
+    const memory = Buffer.from(at.memory!.hex, "hex");
+    expect(memory.length).toBe(Math.min(65_536, at.memory!.sizeBytes));
+    // The guest encodes each line to UTF-8 in its memory before writing it to the console.
+    const printed = at.console.trimEnd().split("\n");
+    const next = everything.console.trimEnd().split("\n")[printed.length]!;
+    expect(next).toMatch(/^tick \d+ /);
+    expect(memory.includes(Buffer.from(printed.at(-1)!))).toBe(true);
+    expect(memory.includes(Buffer.from(next))).toBe(false);
+  });
+
   it("shows the same result line and console output as `lockstep replay --until`", async () => {
     const log = path.join(dir, "counter.log");
     await run(process.execPath, [CLI, "record", "counter", "--log", log, "--seconds", "2"], { cwd: dir });
@@ -71,6 +88,11 @@ describe("time travel in the dashboard", () => {
     );
     expect(await page.locator("#tt-result").textContent()).toBe(`${cliLine} (stopped)`);
     expect(await page.locator("#tt-console").textContent()).toBe(cli.stderr);
+    // The memory view: 256 bytes from offset 0, 16 to a line, after a line that names the size.
+    const memoryLines = (await page.locator("#tt-memory").textContent())!.split("\n");
+    expect(memoryLines[0]).toMatch(/^\d+ bytes of memory; from 0:$/);
+    expect(memoryLines.slice(1)).toHaveLength(16);
+    expect(memoryLines[1]).toMatch(/^00000000  ([0-9a-f]{2} ){15}[0-9a-f]{2}  .{16}$/);
     await page.locator("#time-travel").screenshot({ path: path.join(OUT_DIR, "time-travel.png") });
 
     // The slider, from the keyboard: Home goes back to the start of the log, and replays there.
