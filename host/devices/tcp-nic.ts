@@ -124,7 +124,14 @@ export class TcpNic implements NicDevice {
 
   rxAck(): void {}
 
-  goLive(): void {}
+  /**
+   * A backup going live: the replayed guest still holds the primary's connection ids (their
+   * NicClosed events are pending), so new connections are numbered past them. Reusing one
+   * would let the guest's close of the old connection close the new one.
+   */
+  goLive(_streams: unknown, connIdsFrom: number): void {
+    this.nextConnId = Math.max(this.nextConnId, connIdsFrom);
+  }
 
   close(connId: number): void {
     const connection = this.connections.get(connId);

@@ -78,7 +78,7 @@ export interface NicDevice {
   /** Client bytes below `offset` are safe in the log (stream NICs only). */
   rxAck(conn: number, offset: number): void;
   /** A backup went live here: take over these streams (stream NICs only). */
-  goLive(streams: StreamPosition[]): void;
+  goLive(streams: StreamPosition[], connIdsFrom: number): void;
   shutdown(): Promise<void>;
 }
 
@@ -411,7 +411,7 @@ export class Machine {
         break;
       case "live":
         this.replaying = false;
-        this.nic?.goLive(message.streams);
+        this.nic?.goLive(message.streams, message.connIdsFrom);
         for (const port of message.listening) this.nic?.listen(port);
         for (const io of message.diskIos) {
           if (io.data === null) this.disk?.read(io.id, io.block, io.count);

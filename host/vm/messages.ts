@@ -170,7 +170,16 @@ export type FromVcpu =
    * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs
    * that were in flight. Records from here on continue at `seq`.
    */
-  | { t: "live"; icount: bigint; seq: number; listening: number[]; diskIos: DiskIoSnapshot[]; streams: StreamPosition[] }
+  | {
+      t: "live";
+      icount: bigint;
+      seq: number;
+      listening: number[];
+      diskIos: DiskIoSnapshot[];
+      streams: StreamPosition[];
+      /** Connection ids below this are the replayed execution's: a local NIC numbers new ones from here. */
+      connIdsFrom: number;
+    }
   | { t: "done"; result: VmResult };
 
 /**

@@ -1001,7 +1001,9 @@ export class Vcpu {
       : [];
     // From here on the NIC keeps what it sends; a recording vCPU keeps it too, for a clone.
     if (target === "live") for (const conn of this.conns.values()) conn.unconfirmed = [];
-    this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos, streams });
+    // Ids the guest still holds (their NicClosed may be pending) must not name new connections.
+    const connIdsFrom = Math.max(0, ...this.conns.keys()) + 1;
+    this.post({ t: "live", icount: this.icount(), seq: this.seq, listening: [...this.listening], diskIos, streams, connIdsFrom });
   }
 
   /** The logged value of this input in replay; null when live (or just gone live). */
