@@ -21,6 +21,7 @@ import { type DiskDevice, openDisk } from "../../host/vm/machine.js";
 import type { DeviceEvent } from "../../host/vm/messages.js";
 import { BLOCK_BYTES } from "../../host/vm/limits.js";
 import { tempDir } from "../helpers/cli.js";
+import { writeDiskRacer } from "../helpers/disk-racer.js";
 import { watFile } from "../helpers/wat.js";
 
 const DISK_BLOCKS = 4096;
@@ -240,70 +241,13 @@ describe("the primary's write waits for the backup's read of the same block (§4
   });
 });
 
-// Random reads and writes of one block each over blocks 0..3, four in flight at a time, OPS in
-// all; every read's data are folded into a checksum (a global, so in the digest).
+/** IOs of the disk-racer fixture (random one-block reads and writes, four in flight). */
 const OPS = 400;
-const RACER = `
-(module
-  (import "lockstep" "disk_read" (func $disk_read (param i32 i32 i32 i32) (result i32)))
-  (import "lockstep" "disk_write" (func $disk_write (param i32 i32 i32 i32) (result i32)))
-  (import "lockstep" "random_fill" (func $random_fill (param i32 i32)))
-  (import "lockstep" "exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (global $remaining (mut i32) (i32.const ${OPS}))
-  (global $inflight (mut i32) (i32.const 0))
-  (global $done (mut i32) (i32.const 0))
-  (global $writes (mut i32) (i32.const 0))
-  (global $acc (mut i32) (i32.const 0))
-  (func (export "_start"))
-  (func $issue (param $slot i32)
-    (local $r i32) (local $buf i32) (local $bit i32)
-    (if (i32.eqz (global.get $remaining)) (then (return)))
-    (global.set $remaining (i32.sub (global.get $remaining) (i32.const 1)))
-    (call $random_fill (i32.const 32) (i32.const 4))
-    (local.set $r (i32.load (i32.const 32)))
-    (local.set $buf (i32.mul (i32.add (local.get $slot) (i32.const 1)) (i32.const 4096)))
-    (local.set $bit (i32.shl (i32.const 1) (local.get $slot)))
-    (global.set $inflight (i32.add (global.get $inflight) (i32.const 1)))
-    (if (i32.and (local.get $r) (i32.const 4))
-      (then
-        (memory.fill (local.get $buf) (i32.shr_u (local.get $r) (i32.const 8)) (i32.const 4096))
-        (global.set $writes (i32.or (global.get $writes) (local.get $bit)))
-        (if (call $disk_write (i32.and (local.get $r) (i32.const 3)) (i32.const 1) (local.get $buf) (local.get $bit)) (then (call $exit (i32.const 3)))))
-      (else
-        (global.set $writes (i32.and (global.get $writes) (i32.xor (i32.const -1) (local.get $bit))))
-        (if (call $disk_read (i32.and (local.get $r) (i32.const 3)) (i32.const 1) (local.get $buf) (local.get $bit)) (then (call $exit (i32.const 3)))))))
-  (func $fold (param $buf i32)
-    (local $i i32)
-    (loop $words
-      (global.set $acc (i32.add (i32.rotl (global.get $acc) (i32.const 5)) (i32.load (i32.add (local.get $buf) (local.get $i)))))
-      (local.set $i (i32.add (local.get $i) (i32.const 4)))
-      (br_if $words (i32.lt_u (local.get $i) (i32.const 4096)))))
-  (func (export "main")
-    (call $issue (i32.const 0)) (call $issue (i32.const 1)) (call $issue (i32.const 2)) (call $issue (i32.const 3)))
-  (func (export "__ls_irq") (param $kind i32) (param $tag i32) (param $status i32) (result i32)
-    (global.set $done (i32.or (global.get $done) (local.get $tag)))
-    (i32.const 1))
-  (func (export "__ls_run")
-    (local $slot i32) (local $bit i32)
-    (loop $slots
-      (local.set $bit (i32.shl (i32.const 1) (local.get $slot)))
-      (if (i32.and (global.get $done) (local.get $bit))
-        (then
-          (global.set $done (i32.xor (global.get $done) (local.get $bit)))
-          (global.set $inflight (i32.sub (global.get $inflight) (i32.const 1)))
-          (if (i32.eqz (i32.and (global.get $writes) (local.get $bit)))
-            (then (call $fold (i32.mul (i32.add (local.get $slot) (i32.const 1)) (i32.const 4096)))))
-          (call $issue (local.get $slot))))
-      (local.set $slot (i32.add (local.get $slot) (i32.const 1)))
-      (br_if $slots (i32.lt_u (local.get $slot) (i32.const 4))))
-    (if (i32.eqz (global.get $inflight)) (then (call $exit (i32.const 0))))))
-`;
 
 describe("racing reads and writes on a shared disk, read on the backup", () => {
   it(`${OPS} random IOs over 4 blocks: the backup replays the primary's exact execution`, async () => {
     const dir = tempDir("disk-racer");
-    fs.writeFileSync(path.join(dir, "racer.wat"), RACER);
+    writeDiskRacer(dir, OPS);
     const module = loadGuest(await watFile(path.join(dir, "racer.wat"), dir)).module;
     const storage = await startStorageServer({ dir: tempDir("disk-racer-storage"), port: 0 });
     const a = await StorageClient.connect(storage.url, { clientId: "host-a" });
@@ -339,7 +283,7 @@ describe("racing reads and writes on a shared disk, read on the backup", () => {
 
   it("the primary dies half way: the backup goes live and finishes the run on the shared disk", async () => {
     const dir = tempDir("disk-racer-failover");
-    fs.writeFileSync(path.join(dir, "racer.wat"), RACER);
+    writeDiskRacer(dir, OPS);
     const module = loadGuest(await watFile(path.join(dir, "racer.wat"), dir)).module;
     const storage = await startStorageServer({ dir: tempDir("disk-racer-failover-storage"), port: 0 });
     const a = await StorageClient.connect(storage.url, { clientId: "host-a" });
