@@ -323,9 +323,9 @@ export class EmbeddedCluster {
       // host must not hold up the others' redundancy.
       await Promise.all(this.hosts.map((host) => this.poll(host, REDUNDANCY_POLL_TIMEOUT_MS)));
       const nowMs = performance.now();
-      const names = new Set(this.hosts.flatMap((h) => (h.child.alive && h.responsive ? (h.last?.vms ?? []) : []).map((vm) => vm.vm)));
+      const names = new Set(this.hosts.flatMap((h) => (h.child.alive ? (h.last?.vms ?? []) : []).map((vm) => vm.vm)));
       for (const name of names) {
-        const view = this.vmView(name);
+        const view = this.vmView(name, true);
         const state = String(view.state);
         const before = this.protection.get(name);
         if (before !== undefined && before.state === state) continue;
@@ -371,9 +371,14 @@ export class EmbeddedCluster {
     }
   }
 
-  private vmView(name: string): Record<string, unknown> {
+  /**
+   * The VM as the hosts report it. `lastKnown`: also from hosts that did not answer the latest
+   * poll, by what they said before: a host too busy to answer in time is not a VM that lost a
+   * side, and the protection events must not flap with it.
+   */
+  private vmView(name: string, lastKnown = false): Record<string, unknown> {
     const sides = this.hosts
-      .filter((h) => h.child.alive && h.responsive && h.last !== null)
+      .filter((h) => h.child.alive && (lastKnown || h.responsive) && h.last !== null)
       .flatMap((h) => h.last!.vms.filter((vm) => vm.vm === name && vm.result === null).map((vm) => ({ host: h, vm })));
     const isPrimary = (vm: VmStatus) => (vm.role === "primary" && vm.state !== "halted") || (vm.role === "backup" && vm.state === "live");
     const primaries = sides.filter((s) => isPrimary(s.vm)).sort((a, b) => b.vm.generation - a.vm.generation);

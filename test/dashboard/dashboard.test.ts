@@ -119,7 +119,7 @@ describe("the dashboard in Chromium", () => {
     await page.screenshot({ path: path.join(OUT_DIR, "2-failover.png"), fullPage: true });
 
     // Redundancy restored: a clone of the new primary is its backup, on another host.
-    await page.locator(`#events [data-event="redundancyRestored"]`).waitFor({ timeout: STATE_TIMEOUT_MS });
+    await page.locator(`#events [data-event="redundancyRestored"]`).first().waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.locator('#vms [data-vm="counter"][data-state="protected"]').waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.waitForFunction(
       (newPrimary) => {
