@@ -4,8 +4,8 @@
 // and takes over in its turn, still with every acknowledged write.
 
 import { afterEach, describe, expect, it } from "vitest";
-import { run } from "../helpers/cli.js";
 import { UpCluster } from "../helpers/cluster.js";
+import { redis } from "../helpers/redis-cli.js";
 
 let cluster: UpCluster | null = null;
 
@@ -14,14 +14,6 @@ afterEach(async () => {
   cluster = null;
   expect(result?.code ?? 0).toBe(0);
 });
-
-function redis(address: string, commands: string[]): Promise<string[]> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
-  return run("redis-cli", ["-h", host, "-p", port], commands.join("\n") + "\n").then((result) => {
-    expect(result.code, result.stderr).toBe(0);
-    return result.stdout.trim().split("\n");
-  });
-}
 
 describe("kv under FT with disk reads on the backup", () => {
   it("acknowledged writes survive two successive failovers", async () => {

@@ -10,9 +10,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BLOCK_BYTES } from "../../host/vm/limits.js";
-import { LockstepProcess, run, tempDir } from "../helpers/cli.js";
+import { LockstepProcess, tempDir } from "../helpers/cli.js";
 import { UpCluster } from "../helpers/cluster.js";
 import { EtcdProcess, etcdDataDir, killAllEtcd } from "../helpers/etcd.js";
+import { redis } from "../helpers/redis-cli.js";
 
 let cluster: UpCluster | null = null;
 let etcd: EtcdProcess;
@@ -30,14 +31,6 @@ afterEach(async () => {
   cluster = null;
   expect(result?.code ?? 0).toBe(0);
 });
-
-function redis(address: string, commands: string[]): Promise<string[]> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
-  return run("redis-cli", ["-h", host, "-p", port], commands.join("\n") + "\n").then((result) => {
-    expect(result.code, result.stderr).toBe(0);
-    return result.stdout.trim().split("\n");
-  });
-}
 
 function differingBlocks(a: string, b: string): number[] {
   const x = fs.readFileSync(a);

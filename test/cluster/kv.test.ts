@@ -3,8 +3,8 @@
 // the guest's memory, at the new primary's own address. (Through the switch: switch.test.ts.)
 
 import { afterEach, describe, expect, it } from "vitest";
-import { run } from "../helpers/cli.js";
 import { UpCluster } from "../helpers/cluster.js";
+import { redis } from "../helpers/redis-cli.js";
 
 let cluster: UpCluster | null = null;
 
@@ -13,14 +13,6 @@ afterEach(async () => {
   cluster = null;
   expect(result?.code ?? 0).toBe(0);
 });
-
-function redis(address: string, commands: string[]): Promise<string[]> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
-  return run("redis-cli", ["-h", host, "-p", port], commands.join("\n") + "\n").then((result) => {
-    expect(result.code, result.stderr).toBe(0);
-    return result.stdout.trim().split("\n");
-  });
-}
 
 describe("kv under FT", () => {
   it("every acknowledged INCR and SET survives a kill -9 of the primary's host", async () => {

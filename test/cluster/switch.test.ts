@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { afterEach, describe, expect, it } from "vitest";
 import { run } from "../helpers/cli.js";
 import { type Ready, UpCluster } from "../helpers/cluster.js";
+import { redis } from "../helpers/redis-cli.js";
 
 let cluster: UpCluster | null = null;
 
@@ -17,13 +18,6 @@ afterEach(async () => {
 
 function hostPort(address: string): [string, string] {
   return [address.slice(0, address.lastIndexOf(":")), address.slice(address.lastIndexOf(":") + 1)];
-}
-
-async function redis(address: string, commands: string[]): Promise<string[]> {
-  const [host, port] = hostPort(address);
-  const result = await run("redis-cli", ["-h", host, "-p", port], commands.join("\n") + "\n");
-  expect(result.code, result.stderr).toBe(0);
-  return result.stdout.trim().split("\n");
 }
 
 interface BenchmarkRun {
