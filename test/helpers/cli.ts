@@ -111,6 +111,11 @@ export function run(command: string, args: string[], input?: string): Promise<Cl
     child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
     child.on("error", reject);
     child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
+    // A program that never reads its input (curl) may exit before the pipe is closed: the
+    // EPIPE that follows says nothing about the program, whose exit status and output do.
+    child.stdin.on("error", (error: NodeJS.ErrnoException) => {
+      if (error.code !== "EPIPE") reject(error);
+    });
     child.stdin.end(input ?? "");
   });
 }
