@@ -244,20 +244,29 @@ describe("the primary's write waits for the backup's read of the same block (§4
 /** IOs of the disk-racer fixture (random one-block reads and writes, four in flight). */
 const OPS = 400;
 
+/**
+ * The disk-racer guest on a shared disk read on the backup: its module, a storage server, a
+ * client for each of two hosts, and the devices a side gets from its host's client.
+ */
+async function racerWorld(name: string) {
+  const dir = tempDir(name);
+  writeDiskRacer(dir, OPS);
+  const module = loadGuest(await watFile(path.join(dir, "racer.wat"), dir)).module;
+  const storage = await startStorageServer({ dir: tempDir(`${name}-storage`), port: 0 });
+  const a = await StorageClient.connect(storage.url, { clientId: "host-a" });
+  const b = await StorageClient.connect(storage.url, { clientId: "host-b" });
+  const devices = async (client: StorageClient) => ({
+    diskBlocks: 8,
+    diskReads: "backup" as const,
+    disk: await openDisk((deliver) => RemoteDisk.open(client, "racer", 8, deliver)),
+  });
+  return { module, storage, a, b, devices };
+}
+
 describe("racing reads and writes on a shared disk, read on the backup", () => {
   it(`${OPS} random IOs over 4 blocks: the backup replays the primary's exact execution`, async () => {
-    const dir = tempDir("disk-racer");
-    writeDiskRacer(dir, OPS);
-    const module = loadGuest(await watFile(path.join(dir, "racer.wat"), dir)).module;
-    const storage = await startStorageServer({ dir: tempDir("disk-racer-storage"), port: 0 });
-    const a = await StorageClient.connect(storage.url, { clientId: "host-a" });
-    const b = await StorageClient.connect(storage.url, { clientId: "host-b" });
+    const { module, storage, a, b, devices } = await racerWorld("disk-racer");
     try {
-      const devices = async (client: StorageClient) => ({
-        diskBlocks: 8,
-        diskReads: "backup" as const,
-        disk: await openDisk((deliver) => RemoteDisk.open(client, "racer", 8, deliver)),
-      });
       const backup = new BackupDriver({ vmId: "racer", hostId: "host-b", module, arbiter: storageArbiter(b), devices: await devices(b) });
       const port = await backup.listening;
       const primary = new PrimaryDriver({
@@ -282,18 +291,8 @@ describe("racing reads and writes on a shared disk, read on the backup", () => {
   });
 
   it("the primary dies half way: the backup goes live and finishes the run on the shared disk", async () => {
-    const dir = tempDir("disk-racer-failover");
-    writeDiskRacer(dir, OPS);
-    const module = loadGuest(await watFile(path.join(dir, "racer.wat"), dir)).module;
-    const storage = await startStorageServer({ dir: tempDir("disk-racer-failover-storage"), port: 0 });
-    const a = await StorageClient.connect(storage.url, { clientId: "host-a" });
-    const b = await StorageClient.connect(storage.url, { clientId: "host-b" });
+    const { module, storage, a, b, devices } = await racerWorld("disk-racer-failover");
     try {
-      const devices = async (client: StorageClient) => ({
-        diskBlocks: 8,
-        diskReads: "backup" as const,
-        disk: await openDisk((deliver) => RemoteDisk.open(client, "racer", 8, deliver)),
-      });
       let wentLive!: () => void;
       const live = new Promise<void>((resolve) => (wentLive = resolve));
       const backup = new BackupDriver({ vmId: "racer", hostId: "host-b", module, arbiter: storageArbiter(b), devices: await devices(b), onLive: () => wentLive() });
