@@ -60,6 +60,13 @@ export enum ControlKind {
    * lag by all the time in between (§3.2).
    */
   Progress = 5,
+  /**
+   * A digest probe: `data` is the sha256 of memory and mutable globals at this count, as the
+   * recorder computed it (32 bytes). A replay computes its own there and diverges if they
+   * differ. An operator asks for one to compare replicas (`POST /api/vms/:vm/digest`); it has
+   * no effect on the guest.
+   */
+  Digest = 6,
 }
 
 /**
@@ -71,7 +78,7 @@ export enum ControlKind {
  * | Input   | InputKind        | 0                 | clock ns / grow result| random bytes          |
  * | Digest  | 0                | 0                 | 0                     | sha256 (32 bytes)     |
  * | End     | StopReason       | 0                 | exit code             | trap message (UTF-8)  |
- * | Control | ControlKind      | 0                 | argument              | —                     |
+ * | Control | ControlKind      | 0                 | argument              | Digest: sha256; else —|
  *
  * `a` and `b` are unsigned 32-bit; `value` is a signed 64-bit integer.
  */

@@ -159,6 +159,8 @@ export interface MachineOptions {
   onLive?: (icount: bigint, seq: number) => void;
   /** Record/live: the guest stopped running for a Pause control (true), or resumed (false). */
   onPaused?: (paused: boolean) => void;
+  /** A digest probe (ControlKind.Digest): taken (record/live), or checked against the log (replay). */
+  onDigest?: (icount: bigint, digest: Uint8Array, checked: boolean) => void;
   /**
    * The Output Rule's hook: every output, with the number of log records that precede it,
    * and the function that lets it out. Without one, outputs leave at once.
@@ -408,6 +410,9 @@ export class Machine {
       }
       case "paused":
         this.options.onPaused?.(message.paused);
+        break;
+      case "digest":
+        this.options.onDigest?.(message.icount, message.digest, message.checked);
         break;
       case "live":
         this.replaying = false;

@@ -167,6 +167,11 @@ export type FromVcpu =
   /** Record/live: the guest stopped running for a Pause control (true), or resumed (false). */
   | { t: "paused"; paused: boolean }
   /**
+   * A digest probe (ControlKind.Digest) at `icount`: record/live took it, replay `checked` it
+   * against the logged one (a mismatch ends the replay as a divergence instead).
+   */
+  | { t: "digest"; icount: bigint; digest: Uint8Array; checked: boolean }
+  /**
    * Replay went live at the end of the log: open the listening ports and re-issue the disk IOs
    * that were in flight. Records from here on continue at `seq`.
    */

@@ -25,7 +25,6 @@
 // snapshot keeps the stack's bytes, and the guest rewinds into it at once and goes on.
 
 import { createHash, randomFillSync } from "node:crypto";
-import { receiveMessageOnPort } from "node:worker_threads";
 import * as loader from "@assemblyscript/loader";
 import {
   ControlKind,
@@ -39,6 +38,7 @@ import {
 import { assert } from "../errors.js";
 import { decodeReadReference, encodeReadReference, READ_REFERENCE_BYTES, BACKUP_READS_AHEAD_MAX } from "../devices/disk-reads.js";
 import { ASYNCIFY_EXPORTS } from "../instrument/abi.js";
+import { bytesEqual, concatBytes, hexOf } from "./bytes.js";
 import {
   CONTROL_CPU_SHARE,
   CONTROL_MAIL,
@@ -79,6 +79,8 @@ const THROTTLE_SLEEP_MS_MAX = 100;
 /** Replay reports consumed records this often so the feeder can send more. */
 const CONSUMED_REPORT_EVERY = 256;
 const NO_DEADLINE = 1n << 62n;
+/** sha256, the state digest (digest()). */
+const DIGEST_BYTES = 32;
 /**
  * Where asyncify's data goes while the stack is unwound or rewound: an 8-byte header
  * (position, end) at this address, then the frames, up to the end of linear memory. Whatever
@@ -157,6 +159,22 @@ interface Unwinding {
 }
 
 type TopExport = StackSnapshot["export"];
+
+/**
+ * How the vCPU hears from its main thread while it runs guest code and so never returns to
+ * an event loop: a synchronous read of each mailbox, and a bounded sleep until new mail. On
+ * Node (vcpu-worker.ts) these are MessagePorts read with receiveMessageOnPort and a futex on
+ * a shared control array; in a browser (the dashboard's live replica, host/replica/browser/)
+ * the worker fetches the log itself while it sleeps.
+ */
+export interface VcpuMailbox {
+  /** [CONTROL_MAIL] moves after each post; [CONTROL_STALL], [CONTROL_CPU_SHARE]: messages.ts. */
+  readonly control: Int32Array;
+  /** The next message on the urgent port (stop, snapshot, control) or the device port (events, log). */
+  receive(port: "urgent" | "device"): ToVcpu | undefined;
+  /** Sleeps until control[index] is no longer `value`, or `timeoutMs` pass. */
+  wait(index: number, value: number, timeoutMs: number): void;
+}
 
 interface GuestExports {
   memory: WebAssembly.Memory;
@@ -238,10 +256,11 @@ export class Vcpu {
   constructor(
     boot: VcpuBoot,
     private readonly outbox: { postMessage(message: FromVcpu, transfer?: ArrayBuffer[]): void },
+    private readonly mailbox: VcpuMailbox,
   ) {
     this.boot = boot;
     this.mode = boot.mode;
-    this.control = new Int32Array(boot.control);
+    this.control = mailbox.control;
     this.memoryPagesMax = boot.memoryPagesMax;
     this.jitterState = (boot.jitterSeed ?? 0) | 1;
   }
@@ -657,8 +676,15 @@ export class Vcpu {
       const valid =
         kind === ControlKind.MemoryMax
           ? value >= 1 && value <= MEMORY_PAGES_LIMIT
-          : kind === ControlKind.PowerOff || kind === ControlKind.Pause || kind === ControlKind.Resume || (kind === ControlKind.Progress && value === 0);
+          : kind === ControlKind.Digest
+            ? value === 0 && record.data.length === DIGEST_BYTES
+            : kind === ControlKind.PowerOff || kind === ControlKind.Pause || kind === ControlKind.Resume || (kind === ControlKind.Progress && value === 0);
       if (!valid) throw this.divergence(icount, "a known control");
+      if (kind === ControlKind.Digest) {
+        const digest = this.digest();
+        if (!bytesEqual(record.data, digest)) throw this.divergence(icount, "the state digest the primary logged here");
+        this.post({ t: "digest", icount, digest, checked: true });
+      }
       this.takeRecord();
       applied++;
       this.applyControl(kind, value);
@@ -725,6 +751,13 @@ export class Vcpu {
           applied = Math.min(MEMORY_PAGES_LIMIT, Math.max(pages, value));
           break;
         }
+        case ControlKind.Digest: {
+          // Logged with the state's digest, for replicas to compare theirs against.
+          const digest = this.digest();
+          if (this.mode === "record") this.log(RecordKind.Control, icount, kind, 0, 0n, digest);
+          this.post({ t: "digest", icount, digest, checked: false });
+          continue;
+        }
         default:
           continue;
       }
@@ -748,6 +781,7 @@ export class Vcpu {
         this.memoryPagesMax = value;
         break;
       case ControlKind.Progress:
+      case ControlKind.Digest:
         break;
     }
   }
@@ -865,9 +899,8 @@ export class Vcpu {
         drained = false;
         break;
       }
-      const received = receiveMessageOnPort(this.boot.urgentPort);
-      if (received === undefined) break;
-      const message = received.message as ToVcpu;
+      const message = this.mailbox.receive("urgent");
+      if (message === undefined) break;
       if (message.t === "stop") this.stopRequested = true;
       else if (message.t === "snapshot") this.snapshotRequested = true;
       else if (message.t === "control") this.controls.push({ kind: message.kind, value: message.value });
@@ -875,9 +908,8 @@ export class Vcpu {
     }
     for (;;) {
       if (this.pending.length >= PENDING_EVENTS_MAX) return false;
-      const received = receiveMessageOnPort(this.boot.port);
-      if (received === undefined) return drained;
-      const message = received.message as ToVcpu;
+      const message = this.mailbox.receive("device");
+      if (message === undefined) return drained;
       switch (message.t) {
         case "event":
           this.pending.push(message.event);
@@ -903,7 +935,7 @@ export class Vcpu {
   }
 
   private waitForMail(timeoutMs: number): void {
-    Atomics.wait(this.control, CONTROL_MAIL, this.mailSeen, timeoutMs);
+    this.mailbox.wait(CONTROL_MAIL, this.mailSeen, timeoutMs);
   }
 
   private idleWaitMs(): number {
@@ -997,7 +1029,7 @@ export class Vcpu {
     }
     const diskIos = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
     const streams = this.boot.streamNic
-      ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal, unconfirmed: Buffer.concat(c.unconfirmed) }))
+      ? [...this.conns].map(([conn, c]) => ({ conn, rx: c.rxTotal, tx: c.txTotal, credit: c.creditTotal, unconfirmed: concatBytes(c.unconfirmed) }))
       : [];
     // From here on the NIC keeps what it sends; a recording vCPU keeps it too, for a clone.
     if (target === "live") for (const conn of this.conns.values()) conn.unconfirmed = [];
@@ -1052,7 +1084,7 @@ export class Vcpu {
   private waitWhileStalled(): void {
     this.post({ t: "stalled", seq: this.seq });
     while (Atomics.load(this.control, CONTROL_STALL) !== 0) {
-      Atomics.wait(this.control, CONTROL_STALL, 1, IDLE_WAIT_MS_MAX);
+      this.mailbox.wait(CONTROL_STALL, 1, IDLE_WAIT_MS_MAX);
       this.pollMail();
       if (this.stopRequested) break;
     }
@@ -1084,7 +1116,7 @@ export class Vcpu {
         if (record !== null && record.kind === RecordKind.Digest && record.icount === icount) {
           this.takeRecord();
           // An empty Digest is a bare marker: nothing to compare.
-          if (record.data.length !== 0 && Buffer.compare(Buffer.from(record.data), Buffer.from(this.digest())) !== 0) {
+          if (record.data.length !== 0 && !bytesEqual(record.data, this.digest())) {
             throw this.divergence(icount, "the logged state digest at this output");
           }
         }
@@ -1346,7 +1378,7 @@ export class Vcpu {
     let digest = "";
     if (this.fuel !== undefined) {
       icount = this.icount();
-      digest = "sha256:" + Buffer.from(this.digest()).toString("hex");
+      digest = "sha256:" + hexOf(this.digest());
     }
     // A PowerOff control is the log's last record: nothing may follow it.
     if (this.mode === "record" && stop.stop !== "poweroff") {
@@ -1412,13 +1444,13 @@ export class Vcpu {
     this.flushLog();
     const conns: ConnSnapshot[] = [...this.conns].map(([id, c]) => ({
       id,
-      rx: Buffer.concat(c.rx),
+      rx: concatBytes(c.rx),
       peerClosed: c.peerClosed,
       txWindow: c.txWindow,
       rxTotal: c.rxTotal,
       txTotal: c.txTotal,
       creditTotal: c.creditTotal,
-      unconfirmed: Buffer.concat(c.unconfirmed),
+      unconfirmed: concatBytes(c.unconfirmed),
     }));
     const diskIos: DiskIoSnapshot[] = [...this.diskIos].map(([id, io]) => ({ id, ...io }));
     return {
