@@ -13,7 +13,9 @@ export type ErrorCode =
   | "REPLAY_DIVERGED"
   | "USAGE"
   | "DISK_IO"
-  | "CLONE_REFUSED";
+  | "CLONE_REFUSED"
+  | "REPLICA_REFUSED"
+  | "DIGEST_PROBE_FAILED";
 
 export class LockstepError extends Error {
   constructor(

@@ -11,6 +11,9 @@
 //   POST /api/vms                  {"guest","vm"}: start an example guest under FT
 //   POST /api/vms/:vm/migrate      {"role","to"}: move its primary or backup
 //   POST /api/replay?guest=&until= a log file as the body: time travel (host/dashboard/time-travel.ts)
+//   POST /api/vms/:vm/digest       a digest probe of the VM's primary: {icount, digest} as logged
+//   POST /api/vms/:vm/replicas     a read-only replica for a browser, and its resources under
+//                                  /api/replicas/:id (host/replica/sessions.ts)
 //   GET  /                         the dashboard (host/dashboard/), live over WS /api/live
 //
 // The hosts' JSON log lines are copied to this process's stderr with the host's id added.
@@ -27,6 +30,7 @@ import { StorageClient } from "../storage/client.js";
 import { LiveHub } from "../dashboard/live.js";
 import { checkOrigin, isDashboardFile, serveDashboardFile } from "../dashboard/static.js";
 import { replayRequest } from "../dashboard/time-travel.js";
+import { ReplicaSessions, replicaRoute } from "../replica/sessions.js";
 import { exampleGuests, loadGuest } from "../vm/guest.js";
 import { Child } from "./child.js";
 import type { HostStatus } from "./host-daemon.js";
@@ -135,6 +139,7 @@ export class EmbeddedCluster {
   private switch: { child: Child; url: string; services: Record<string, string> } | null = null;
   private server: Server | null = null;
   private live: LiveHub | null = null;
+  private replicas: ReplicaSessions | null = null;
   private stopping = false;
   private redundancyTimer: NodeJS.Timeout | null = null;
   private redundancyChecking = false;
@@ -180,6 +185,7 @@ export class EmbeddedCluster {
       placed.push({ ...guest, ...(await this.startVm(guest, guest.loaded, primaryHost, backupHost)), primaryHost, backupHost });
     }
 
+    this.replicas = new ReplicaSessions(this.options.log);
     this.server = createServer((req, res) => void this.handle(req, res));
     const live = (this.live = new LiveHub(this, { token: this.options.token, log: this.options.log }));
     this.server.on("upgrade", (req, socket, head) => live.upgrade(req, socket, head));
@@ -300,6 +306,7 @@ export class EmbeddedCluster {
     if (this.stopping) return;
     this.stopping = true;
     this.live?.close();
+    this.replicas?.closeAll();
     if (this.redundancyTimer !== null) clearInterval(this.redundancyTimer);
     this.server?.closeAllConnections();
     this.server?.close();
@@ -568,11 +575,25 @@ export class EmbeddedCluster {
       const control = /^\/api\/vms\/([^/]+)\/control$/.exec(url.pathname);
       if (req.method === "POST" && control !== null) {
         const body = await readJson(req);
-        await Promise.all(this.hosts.map((host) => this.poll(host)));
-        const primary = this.vmView(control[1]!).primary as { host: string } | null;
-        if (primary === null) throw new ApiError("UNAVAILABLE", `${control[1]} has no live primary`);
-        const host = this.hosts.find((h) => h.id === primary.host)!;
+        const host = await this.primaryHost(control[1]!);
         return sendJson(res, 202, await this.callHost(host, "POST", `/api/vms/${control[1]}/control`, body));
+      }
+      const digest = /^\/api\/vms\/([^/]+)\/digest$/.exec(url.pathname);
+      if (req.method === "POST" && digest !== null) {
+        const host = await this.primaryHost(digest[1]!);
+        return sendJson(res, 200, { host: host.id, ...((await this.callHost(host, "POST", `/api/vms/${digest[1]}/digest`)) as object) });
+      }
+      const replicas = /^\/api\/vms\/([^/]+)\/replicas$/.exec(url.pathname);
+      if (req.method === "POST" && replicas !== null) {
+        const host = await this.primaryHost(replicas[1]!);
+        const feedUrl = `${host.url.replace(/^http/, "ws")}/observe/${replicas[1]}`;
+        return sendJson(res, 201, await this.replicas!.open(replicas[1]!, feedUrl, this.hostToken));
+      }
+      const replica = replicaRoute(req, url.pathname);
+      if (replica !== null && req.method === "GET" && replica[1] !== "") return await this.replicas!.serve(res, replica[0], replica[1], url);
+      if (replica !== null && req.method === "DELETE" && replica[1] === "") {
+        this.replicas!.close(replica[0]);
+        return sendJson(res, 200, { replica: replica[0], closed: true });
       }
       const network = /^\/api\/hosts\/([^/]+)\/network$/.exec(url.pathname);
       if (req.method === "POST" && network !== null) {
@@ -590,6 +611,14 @@ export class EmbeddedCluster {
     } catch (error) {
       sendError(res, error);
     }
+  }
+
+  /** The host that runs `vm`'s live primary, from a fresh poll of every host. */
+  private async primaryHost(vm: string): Promise<HostEntry> {
+    await Promise.all(this.hosts.map((host) => this.poll(host)));
+    const primary = this.vmView(vm).primary as { host: string } | null;
+    if (primary === null) throw new ApiError("UNAVAILABLE", `${vm} has no live primary`);
+    return this.hosts.find((h) => h.id === primary.host)!;
   }
 
   /**

@@ -15,7 +15,9 @@
 //   POST   /api/network             {"connected": false}: cut this host off from its peers
 //                                   (a partition: its VMs lose channels, switch and storage);
 //                                   {"connected": true} joins again
+//   POST   /api/vms/:vm/digest      a digest probe of this primary: {icount, seq, digest} as logged
 //   WS     /channel/:vm?module=HEX  the logging channel of a backup VM on this host
+//   WS     /observe/:vm             a read-only replica's feed from this primary (replica/feed.ts)
 //
 // Loopback by default; any other bind address needs a token, which every API request carries
 // as `Authorization: Bearer <token>` and every logging channel in its hello. A bad request or
@@ -75,6 +77,8 @@ export class HostDaemon {
   // Log compression is negotiated per connection: accepted here if this host has it on.
   private readonly channels = new WebSocketServer({ noServer: true, maxPayload: 2 * FRAME_BYTES_MAX, perMessageDeflate: channelDeflate(logCompressionDefault()) });
   private readonly context: HostContext;
+  /** Replicas' feeds: they send nothing, so their frames are refused past a few bytes. */
+  private readonly observers = new WebSocketServer({ noServer: true, maxPayload: 1024, perMessageDeflate: false });
 
   private constructor(
     private readonly options: HostDaemonOptions,
@@ -123,6 +127,7 @@ export class HostDaemon {
   async close(): Promise<void> {
     await Promise.all([...this.vms.values()].map((vm) => vm.stop()));
     for (const socket of this.channels.clients) socket.terminate();
+    for (const socket of this.observers.clients) socket.terminate();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -157,6 +162,10 @@ export class HostDaemon {
           step(vm);
           this.options.log.info("migration step", { vm: vm.spec.vm, step: parts[3], event: "migrationStep" });
           return sendJson(res, 202, { vm: vm.spec.vm, step: parts[3] });
+        }
+        if (req.method === "POST" && parts[3] === "digest" && parts.length === 4) {
+          // Answered once the vCPU has logged it: at its next delivery point.
+          return sendJson(res, 200, await vm.digest());
         }
         if (req.method === "POST" && parts[3] === "clone" && parts.length === 4) {
           const parsed = CloneSchema.safeParse(await readJson(req));
@@ -208,15 +217,36 @@ export class HostDaemon {
     return { ...vm.status(), channelUrl };
   }
 
+  /** A replica's feed: the control API's token, on the upgrade's Authorization header. */
+  private upgradeObserver(req: IncomingMessage, socket: Duplex, head: Buffer, name: string): void {
+    socket.on("error", () => socket.destroy());
+    const refuse = (status: string, reason: string) => void socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-type: text/plain\r\n\r\n${reason}\n`);
+    try {
+      checkToken(req, this.options.token);
+    } catch (error) {
+      this.options.log.warn("replica feed refused", { vm: name, reason: (error as Error).message, peer: req.socket.remoteAddress });
+      return refuse("401 Unauthorized", (error as Error).message);
+    }
+    const vm = VM_NAME.test(name) ? this.vms.get(name) : undefined;
+    if (vm === undefined) return refuse("404 Not Found", `no VM ${name} on this host`);
+    this.observers.handleUpgrade(req, socket, head, (ws) => {
+      this.options.log.info("replica feed opened", { vm: name, event: "replicaOpened" });
+      ws.on("close", (code, reason) => this.options.log.info("replica feed closed", { vm: name, code, reason: reason.toString(), event: "replicaClosed" }));
+      vm.observe(ws, this.options.id);
+    });
+  }
+
   private vmNamed(name: string): HostedVm {
     const vm = VM_NAME.test(name) ? this.vms.get(name) : undefined;
     if (vm === undefined) throw new ApiError("NOT_FOUND", `no VM ${name} on this host`);
     return vm;
   }
 
-  /** A logging channel: routed to its backup VM once the module matches. */
+  /** A logging channel: routed to its backup VM once the module matches. A replica's feed. */
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const url = new URL(req.url ?? "/", "http://host");
+    const observe = /^\/observe\/([^/]+)$/.exec(url.pathname);
+    if (observe !== null) return this.upgradeObserver(req, socket, head, observe[1]!);
     const match = /^\/channel\/([^/]+)$/.exec(url.pathname);
     const vm = match !== null && VM_NAME.test(match[1]!) ? this.vms.get(match[1]!) : undefined;
     const refuse = (status: string, reason: string) => {

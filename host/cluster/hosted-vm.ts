@@ -20,6 +20,8 @@ import { loadGuest } from "../vm/guest.js";
 import { type NicFactory, openDisk } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import { encodeClone } from "../vm/snapshot-wire.js";
+import type { InstrumentedModule } from "../instrument/index.js";
+import { serveReplicaFeed } from "../replica/feed.js";
 import type { VmSnapshot } from "../vm/snapshot.js";
 import { ApiError, fetchJson } from "./http.js";
 import type { ControlRequest, VmSpec } from "./vm-spec.js";
@@ -80,6 +82,7 @@ export class HostedVm {
   private constructor(
     readonly spec: VmSpec,
     readonly driver: PrimaryDriver | BackupDriver,
+    private readonly module: InstrumentedModule,
     moduleHash: string,
   ) {
     this.moduleHash = moduleHash;
@@ -162,7 +165,7 @@ export class HostedVm {
       spec.role === "primary"
         ? new PrimaryDriver({ ...common, backupUrl: withModule(spec.backupUrl!, moduleHash) })
         : new BackupDriver({ ...common, ownListener: false, ...(restore === undefined ? {} : { restore }) });
-    vm = new HostedVm(spec, driver, moduleHash);
+    vm = new HostedVm(spec, driver, guest.module, moduleHash);
     vm.localDisk = localDisk;
     void vm.done.then((result) => {
       context.log.info("vm stopped", { ...now(), event: "stopped", stop: result.stop, message: result.message, icount: result.icount });
@@ -241,6 +244,33 @@ export class HostedVm {
       return;
     }
     this.driver.accept(socket);
+  }
+
+  /** A read-only replica's feed (replica/feed.ts), from this VM's primary if it runs here. */
+  observe(socket: WebSocket, hostId: string): void {
+    const primary = this.primary;
+    if (primary === null || !this.running) {
+      socket.close(4409, `${this.spec.vm} is not a running primary here`);
+      return;
+    }
+    serveReplicaFeed(socket, primary, {
+      vm: this.spec.vm,
+      guest: this.spec.guest,
+      host: hostId,
+      module: this.module,
+      moduleHash: this.moduleHash,
+      memoryPagesMax: this.spec.memoryMib * PAGES_PER_MIB,
+      diskBlocks: this.spec.diskBlocks,
+      streamNic: this.spec.switchUrl !== undefined,
+    });
+  }
+
+  /** A digest probe (ControlKind.Digest) of this VM's primary: what it logged, and where. */
+  async digest(): Promise<{ vm: string; icount: bigint; seq: bigint; digest: string }> {
+    const primary = this.primary;
+    if (primary === null || !this.running) throw new ApiError("CONFLICT", `${this.spec.vm} is not a running primary here`);
+    const probe = await primary.digestProbe();
+    return { vm: this.spec.vm, icount: probe.icount, seq: probe.seq, digest: "sha256:" + Buffer.from(probe.digest).toString("hex") };
   }
 
   control(request: ControlRequest): void {

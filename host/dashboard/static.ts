@@ -14,6 +14,8 @@ import { PROJECT_ROOT } from "../vm/guest.js";
 /** The page's own files live in the source tree (tsc copies no .html/.js/.css to dist/). */
 const PUBLIC_DIR = path.join(PROJECT_ROOT, "host", "dashboard", "public");
 const UPLOT_DIR = path.join(PROJECT_ROOT, "node_modules", "uplot", "dist");
+/** The live replica's worker, bundled by `npm run build:replica` (scripts/build-replica.mjs). */
+const REPLICA_DIR = path.join(PROJECT_ROOT, "build", "replica");
 
 const FILES: Record<string, string> = {
   "/": path.join(PUBLIC_DIR, "index.html"),
@@ -22,6 +24,9 @@ const FILES: Record<string, string> = {
   "/dashboard/charts.js": path.join(PUBLIC_DIR, "charts.js"),
   "/dashboard/render.js": path.join(PUBLIC_DIR, "render.js"),
   "/dashboard/time-travel.js": path.join(PUBLIC_DIR, "time-travel.js"),
+  "/dashboard/replica.js": path.join(PUBLIC_DIR, "replica.js"),
+  "/dashboard/replica-worker.js": path.join(REPLICA_DIR, "replica-worker.js"),
+  "/dashboard/replica-worker.js.map": path.join(REPLICA_DIR, "replica-worker.js.map"),
   "/dashboard/style.css": path.join(PUBLIC_DIR, "style.css"),
   "/dashboard/vendor/uPlot.esm.js": path.join(UPLOT_DIR, "uPlot.esm.js"),
   "/dashboard/vendor/uPlot.min.css": path.join(UPLOT_DIR, "uPlot.min.css"),
@@ -31,13 +36,15 @@ const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript; charset=utf-8",
   ".css": "text/css; charset=utf-8",
+  ".map": "application/json; charset=utf-8",
 };
 
 /**
  * Same-origin only: scripts, styles and the WebSocket come from this server, and no other site
  * may frame the page (its buttons kill hosts).
  */
-const CSP = "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const CSP =
+  "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /** Whether this GET is one of the dashboard's files. */
 export function isDashboardFile(pathname: string): boolean {
@@ -55,7 +62,7 @@ export async function serveDashboardFile(req: IncomingMessage, res: ServerRespon
   try {
     body = await fs.promises.readFile(file);
   } catch {
-    throw new ApiError("NOT_FOUND", `${pathname} is missing from this installation (${path.relative(PROJECT_ROOT, file)}): run npm install`);
+    throw new ApiError("NOT_FOUND", `${pathname} is missing from this installation (${path.relative(PROJECT_ROOT, file)}): run npm install and npm run build`);
   }
   res.writeHead(200, {
     "content-type": TYPES[path.extname(file)] ?? "application/octet-stream",

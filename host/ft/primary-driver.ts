@@ -2,7 +2,7 @@
 // in the order PrimaryReady documents: stall and CPU share first, then send, then switch
 // generation, then release outputs, then ask the arbiter, then halt.
 
-import type { ControlKind, LogRecord } from "../../protocol/records.js";
+import { ControlKind, type LogRecord } from "../../protocol/records.js";
 import { assert, LockstepError } from "../errors.js";
 import type { VmSnapshot } from "../vm/snapshot.js";
 import { FAILPOINT_LOG_DELAY_MS, failpoint } from "../failpoints.js";
@@ -17,6 +17,7 @@ import { SilenceMeter } from "./silence.js";
 import { LagClock } from "./lag-clock.js";
 import type { BackupToPrimary } from "./messages.js";
 import { PrimaryCore, type PrimaryState } from "./primary.js";
+import { type DigestProbeResult, type RecordObserver, RecordTap } from "./record-tap.js";
 
 /** Lag control aims to keep the backup within this much of the primary's execution (§3.2). */
 export const LAG_MS_MAX_DEFAULT = 1000;
@@ -152,6 +153,8 @@ export class PrimaryDriver {
   private cloning = false;
   private cloneContactTimer: NodeJS.Timeout | undefined = undefined;
   private onBackupContact: ((connected: boolean) => void) | null = null;
+  /** Read-only replicas and digest probes watching the records appended. */
+  private readonly tap = new RecordTap();
   private readonly holdMs = new Float64Array(HOLD_SAMPLES);
   private holdCount = 0;
   private readonly log: DriverLog;
@@ -195,6 +198,7 @@ export class PrimaryDriver {
     this.done = this.machine.done.finally(() => {
       unsubscribe?.();
       this.ended = true;
+      this.tap.end(`${options.vmId}'s primary on ${options.hostId} stopped`);
       clearInterval(this.ticker);
       clearTimeout(this.cloneContactTimer);
       this.contacted(false);
@@ -210,6 +214,7 @@ export class PrimaryDriver {
       this.lag.sample(last.icount, performance.now());
     }
     this.core.append(records);
+    this.tap.appended(records);
     this.pump();
   }
 
@@ -295,6 +300,45 @@ export class PrimaryDriver {
     this.log({ level: "warn", msg: "clone abandoned", event: "cloneFailed", reason });
     this.core.backupLost();
     this.pump();
+  }
+
+  /**
+   * A read-only replica (the dashboard's in-browser one): `onSnapshot` gets a snapshot of the
+   * running guest, and `observer` every record appended after it. It acknowledges nothing, so
+   * outputs never wait for it. Returns the removal (also before the snapshot is taken).
+   */
+  observe(snapshotTimeoutMs: number, onSnapshot: (snapshot: VmSnapshot) => void, observer: RecordObserver): () => void {
+    if (this.ended) throw new LockstepError("REPLICA_REFUSED", `${this.options.vmId} has stopped here`);
+    let removed = false;
+    let remove: () => void = () => {};
+    const timer = setTimeout(() => {
+      if (removed) return;
+      removed = true;
+      observer.end(`the guest reached no point to snapshot it at within ${snapshotTimeoutMs} ms`);
+    }, snapshotTimeoutMs);
+    this.machine.snapshot((snapshot) => {
+      clearTimeout(timer);
+      if (removed) return;
+      // Synchronous with the snapshot's arrival, as for a clone: the observer's records start
+      // exactly at snapshot.seq.
+      onSnapshot(snapshot);
+      remove = this.tap.add(observer);
+    });
+    return () => {
+      clearTimeout(timer);
+      removed = true;
+      remove();
+    };
+  }
+
+  /**
+   * A digest probe: the vCPU logs the digest of its state at its next delivery point, and every
+   * replica checks its own there. Resolves with what was logged.
+   */
+  digestProbe(): Promise<DigestProbeResult> {
+    const result = this.tap.nextDigest();
+    this.machine.control(ControlKind.Digest);
+    return result;
   }
 
   /** A control entry (§3.3): logged, replayed by the backup, applied at one execution point. */

@@ -4,51 +4,11 @@
 // so a truncated or foreign body is a clear error, not a vCPU that fails later.
 
 import v8 from "node:v8";
-import { z } from "zod";
+import { SnapshotSchema } from "./snapshot-schema.js";
 import type { VmSnapshot } from "./snapshot.js";
 
 /** The largest snapshot body accepted: 4 GiB of guest memory plus device state would not fit a host anyway. */
 export const SNAPSHOT_BYTES_MAX = 1024 * 1024 * 1024 + 64 * 1024 * 1024;
-
-const bytes = z.instanceof(Uint8Array);
-const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
-
-const SnapshotSchema = z
-  .object({
-    icount: z.bigint().min(0n),
-    seq: count,
-    memory: bytes.refine((m) => m.length % 65536 === 0, "memory is whole 64 KiB pages"),
-    globals: z.array(z.union([z.number(), z.bigint()])).max(1 << 16),
-    devices: z.object({
-      timerPeriodMs: z.number().min(0),
-      irqMasked: z.boolean(),
-      listening: z.array(z.number().int().min(0).max(65535)).max(1 << 16),
-      conns: z
-        .array(
-          z.object({
-            id: count,
-            rx: bytes,
-            peerClosed: z.boolean(),
-            txWindow: count,
-            rxTotal: count.optional(),
-            txTotal: count.optional(),
-            creditTotal: count.optional(),
-            unconfirmed: bytes.optional(),
-          }),
-        )
-        .max(1 << 20),
-      diskIos: z
-        .array(
-          z.object({ id: count, tag: z.number().int(), ptr: count, count, write: z.boolean(), block: count, data: bytes.nullable() }),
-        )
-        .max(1 << 20),
-      nextDiskIoId: count,
-      memoryPagesMax: count.optional(),
-    }),
-    stack: z.object({ export: z.enum(["main", "__ls_run"]), data: bytes }).optional(),
-    pauseMs: z.number().min(0).optional(),
-  })
-  .passthrough();
 
 /** The clone request: what to run, and where it stands. */
 export interface CloneBody<Spec> {

@@ -4,6 +4,7 @@
 import { ApiFailure, call, connectLive, saveToken, savedToken } from "./api.js";
 import { Charts } from "./charts.js";
 import { addEvents, el, renderHosts, renderVms } from "./render.js";
+import { updateReplicaVms } from "./replica.js";
 import { loadGuests } from "./time-travel.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -43,6 +44,7 @@ function show(status, tsMs) {
   latest = status;
   renderHosts($("#hosts"), status.hosts, hostActions);
   renderVms($("#vms"), status.vms, vmActions);
+  updateReplicaVms(status.vms);
   charts.add(status, tsMs);
   const storage = status.storage;
   $("#storage").textContent = storage === null ? "–" : `storage ${storage.state} (pid ${storage.pid})`;
