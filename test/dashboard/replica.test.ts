@@ -52,8 +52,10 @@ describe("the live replica in the dashboard", () => {
     await page.goto(ready.url);
     await page.locator("#replica-vm option[value='kv']").waitFor({ state: "attached", timeout: WAIT_MS });
     await page.getByLabel("VM to replicate").selectOption("kv");
+    const clickedMs = performance.now();
     await page.getByRole("button", { name: "Start the replica" }).click();
     await page.locator("#replica-state[data-state='running']").waitFor({ timeout: WAIT_MS });
+    const openMs = performance.now() - clickedMs;
     const startedAt = BigInt((await page.locator("#replica-figures [data-field='icount']").textContent())!);
 
     // Writes after the snapshot reach the replica through the log only.
@@ -69,12 +71,15 @@ describe("the live replica in the dashboard", () => {
 
     // A probe asked here, after more writes: the primary's answer, from its host's API...
     expect(await redis(address, ["INCR hits", "DEL before"])).toEqual(["2", "1"]);
+    const probedMs = performance.now();
     const probe = await api<{ icount: string; digest: string; host: string }>(`${ready.url}/api/vms/kv/digest`, "POST");
+    const answeredMs = performance.now();
     expect(probe.host).toBe(ready.vms[0]!.primary);
     expect(BigInt(probe.icount)).toBeGreaterThan(startedAt);
     // ...and the digest the browser computed at that same instruction count.
     const row = page.locator(`#replica-digests tr[data-icount='${probe.icount}']`);
     await row.waitFor({ timeout: WAIT_MS });
+    const checkedMs = performance.now();
     expect(await row.locator("td[data-field='replica']").textContent()).toBe(probe.digest);
     expect(probe.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
 
@@ -89,7 +94,9 @@ describe("the live replica in the dashboard", () => {
     const oldPrimary = ready.vms[0]!.primary;
     const newPrimary = ready.vms[0]!.backup;
     await api(`${ready.url}/api/hosts/${oldPrimary}/kill`, "POST");
+    const killedMs = performance.now();
     await page.locator("#replica-figures [data-field='started-at']", { hasText: `from ${newPrimary}` }).waitFor({ timeout: WAIT_MS });
+    const followedMs = performance.now() - killedMs;
     await page.locator("#replica-state[data-state='running']").waitFor({ timeout: WAIT_MS });
     const live = (await cluster.status()).vms[0]!.primary!;
     expect(live.host).toBe(newPrimary);
@@ -103,6 +110,11 @@ describe("the live replica in the dashboard", () => {
     await afterRow.waitFor({ timeout: WAIT_MS });
     expect(await afterRow.locator("td[data-field='replica']").textContent()).toBe(after.digest);
     await page.locator("#replica").screenshot({ path: path.join(OUT_DIR, "replica-after-failover.png") });
+    console.log(
+      `replica open ${Math.round(openMs)} ms (${await page.locator("#replica-figures [data-field='started-at']").textContent()}); ` +
+        `probe answered by the primary in ${Math.round(answeredMs - probedMs)} ms, shown checked by the browser ${Math.round(checkedMs - answeredMs)} ms later; ` +
+        `following the new primary after a kill: ${Math.round(followedMs)} ms`,
+    );
 
     // Stopping it closes its session on the cluster.
     await page.getByRole("button", { name: "Stop" }).click();
