@@ -53,6 +53,8 @@ class ReplicaSession {
   private readonly chunks: Chunk[] = [];
   private bufferedBytes = 0;
   private nextSeq = 0n;
+  /** Records below this were dropped: the browser said it holds them. */
+  private keptFromSeq = 0n;
   ended: string | null = null;
   lastAskedMs = performance.now();
   private readonly waiters = new Set<() => void>();
@@ -76,7 +78,7 @@ class ReplicaSession {
       }
       if (start.t !== "start" || !Number.isSafeInteger(start.seq) || start.seq < 0) return this.end("the host's feed began without a start");
       this.start = start;
-      this.nextSeq = BigInt(start.seq);
+      this.nextSeq = this.keptFromSeq = BigInt(start.seq);
       return;
     }
     if (!isBinary) return this.end("the host's feed sent text after its start");
@@ -114,7 +116,12 @@ class ReplicaSession {
 
   /** Drops what the browser holds (records < fromSeq) and returns what follows, up to a bound. */
   take(fromSeq: bigint): Uint8Array[] {
-    while (this.chunks.length > 0 && this.chunks[0]!.endSeq <= fromSeq) this.bufferedBytes -= this.chunks.shift()!.bytes.length;
+    if (fromSeq < this.keptFromSeq) throw new ApiError("BAD_REQUEST", `records before ${this.keptFromSeq} were dropped: the browser asked past them`);
+    while (this.chunks.length > 0 && this.chunks[0]!.endSeq <= fromSeq) {
+      const chunk = this.chunks.shift()!;
+      this.bufferedBytes -= chunk.bytes.length;
+      this.keptFromSeq = chunk.endSeq;
+    }
     const first = this.chunks[0];
     if (first !== undefined && first.firstSeq !== fromSeq) {
       throw new ApiError("BAD_REQUEST", `records are sent from ${first.firstSeq}, in whole batches; ${fromSeq} is not where one starts`);
