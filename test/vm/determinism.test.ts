@@ -37,7 +37,8 @@ describe("record and replay reach the same state", () => {
       "record", "counter", "--log", log, "--max-instructions", "150000", "--digest-outputs", "--jitter-seed", jitter(),
     ]);
     expect(record.code).toBe(0);
-    expect(record.stderr).toMatch(/tick 1 /);
+    // The first tick's number depends on load: a late timer coalesces the periods it missed.
+    expect(record.stderr).toMatch(/^tick \d+ /m);
     const recorded = resultLine(record);
     expect(recorded.entries).toBeGreaterThan(10);
     await replayMatches("counter", log, recorded);
