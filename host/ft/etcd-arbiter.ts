@@ -71,8 +71,25 @@ export interface EtcdArbiter extends Arbiter {
   testAndSetOutcome(vmId: string, generation: number, owner: string): Promise<TestAndSetOutcome>;
   /** The highest generation set for `vmId` and its owner; null if none is. Throws when unreachable. */
   readGeneration(vmId: string): Promise<Register | null>;
+  /**
+   * Adds this host's control address to its membership key, so that a cluster service reading
+   * etcd (`lockstep cluster --arbiter etcd://`) finds it there: etcd is then the registry, and
+   * the lease the heartbeat.
+   */
+  announce(url: string): void;
+  /** The hosts whose membership keys are there now: those whose lease is alive. Throws when unreachable. */
+  members(): Promise<EtcdMember[]>;
   /** Revokes the membership lease (bounded by the timeout) and closes the connections. */
   close(): Promise<void>;
+}
+
+/** A host's membership key's value. */
+export interface EtcdMember {
+  hostId: string;
+  pid: number;
+  since: string;
+  /** Its control API, once it serves (announce). */
+  url?: string;
 }
 
 export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbiter {
@@ -172,6 +189,7 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
   const memberKey = `${prefix}/hosts/${encodeURIComponent(options.hostId)}`;
   // Warned once per outage: while etcd is down, joining is retried every HOST_LEASE_RETRY_MS.
   let membershipWarned = false;
+  const member: EtcdMember = { hostId: options.hostId, pid: process.pid, since: new Date().toISOString() };
   const join = () => {
     if (closed) return;
     const current = client.lease(HOST_LEASE_TTL_S, { autoKeepAlive: true });
@@ -189,7 +207,7 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
     current.on("lost", rejoin);
     current
       .put(memberKey)
-      .value(JSON.stringify({ hostId: options.hostId, pid: process.pid, since: new Date().toISOString() }))
+      .value(JSON.stringify(member))
       .options({ deadline: new Date(Date.now() + timeoutMs) })
       .exec()
       .then(() => {
@@ -217,6 +235,34 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
     },
     testAndSetOutcome,
     readGeneration,
+    announce(controlUrl) {
+      member.url = controlUrl;
+      // Under the current lease, if the host holds one; a later join puts the same value.
+      const held = lease;
+      if (closed || held === null) return;
+      held
+        .put(memberKey)
+        .value(JSON.stringify(member))
+        .options({ deadline: new Date(Date.now() + timeoutMs) })
+        .exec()
+        .catch((error: Error) => log.warn("etcd announce failed", { url, hostId: options.hostId, error: error.message }));
+    },
+    members() {
+      const start = `${prefix}/hosts/`;
+      return bounded("list hosts", async (deadline) => {
+        const response = await client.kv.range({ key: utf8(start), range_end: utf8(rangeEnd(start)) }, { deadline });
+        const members: EtcdMember[] = [];
+        for (const kv of response.kvs) {
+          try {
+            const value = JSON.parse(kv.value.toString("utf8")) as EtcdMember;
+            if (typeof value.hostId === "string") members.push(value);
+          } catch {
+            // Not one of ours: a key under the prefix written by hand. Not a host.
+          }
+        }
+        return members;
+      });
+    },
     async close() {
       if (closed) return;
       closed = true;

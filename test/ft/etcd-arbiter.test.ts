@@ -133,6 +133,34 @@ describe("etcd arbiter", () => {
     await watcher.cancel();
     direct.close();
   });
+
+  it("lists the members with the address each announced, and drops one whose lease is revoked", async () => {
+    const prefix = "/members-test";
+    const reader = etcdArbiter(etcd.url, { hostId: "reader", log: SILENT_LOGGER, membership: false, prefix });
+    arbiters.push(reader);
+    const direct = new Etcd3({ hosts: `http://127.0.0.1:${etcd.clientPort}` });
+    const watcher = await direct.watch().prefix(`${prefix}/hosts/`).create();
+    const puts: string[] = [];
+    let putSeen!: () => void;
+    const waitPut = () => new Promise<void>((resolve) => (putSeen = resolve));
+    watcher.on("put", (kv) => {
+      puts.push(kv.value.toString());
+      putSeen?.();
+    });
+    const one = etcdArbiter(etcd.url, { hostId: "host-a", log: SILENT_LOGGER, prefix });
+    const two = etcdArbiter(etcd.url, { hostId: "host-b", log: SILENT_LOGGER, prefix });
+    while (puts.length < 2) await waitPut();
+    one.announce("http://127.0.0.1:7431");
+    while (!puts.some((p) => p.includes("7431"))) await waitPut();
+    const members = (await reader.members()).sort((a, b) => a.hostId.localeCompare(b.hostId));
+    expect(members.map((m) => [m.hostId, m.url ?? null])).toEqual([["host-a", "http://127.0.0.1:7431"], ["host-b", null]]);
+    await two.close();
+    expect((await reader.members()).map((m) => m.hostId)).toEqual(["host-a"]);
+    await one.close();
+    expect(await reader.members()).toEqual([]);
+    await watcher.cancel();
+    direct.close();
+  });
 });
 
 describe("etcd arbiter, etcd stopped and killed", () => {
