@@ -1,7 +1,9 @@
 // `lockstep host`: a hypervisor daemon that runs any number of VMs, each as a primary or a
 // backup, on one HTTP port:
 //
-//   GET    /api/status              this host and each VM's figures (VmStatus)
+//   GET    /api/status              this host and each VM's figures (VmStatus); with
+//                                   ?eventsFrom=N also its event lines from number N on
+//                                   (event-ring.ts: how a standalone cluster service hears them)
 //   POST   /api/vms                 start a VM (VmSpec); a backup first, then its primary
 //   POST   /api/vms/:vm/control     power-off, pause, resume, memory-max (control entries, §3.3)
 //   DELETE /api/vms/:vm             stop the VM here and forget it
@@ -37,6 +39,7 @@ import type { Arbiter } from "../ft/arbiter.js";
 import { type CloneBody, decodeClone, SNAPSHOT_BYTES_MAX } from "../vm/snapshot-wire.js";
 import type { VmSnapshot } from "../vm/snapshot.js";
 import { ApiError, checkToken, isLoopback, readBody, readJson, sendError, sendJson } from "./http.js";
+import { EventRing, keepingEvents } from "./event-ring.js";
 import { type HostContext, HostedVm, type VmStatus } from "./hosted-vm.js";
 import { ControlSchema, describeIssues, VM_NAME, type VmSpec, VmSpecSchema } from "./vm-spec.js";
 
@@ -84,6 +87,7 @@ export class HostDaemon {
     private readonly options: HostDaemonOptions,
     private readonly server: Server,
     readonly url: string,
+    private readonly events: EventRing,
   ) {
     const network = new NetworkGate();
     network.onChange((connected) => {
@@ -94,7 +98,9 @@ export class HostDaemon {
     this.context = { hostId: options.id, bind: options.bind, storage: options.storage, arbiter: options.arbiter, token: options.token, log: options.log, network };
   }
 
-  static async start(options: HostDaemonOptions): Promise<HostDaemon> {
+  static async start(given: HostDaemonOptions): Promise<HostDaemon> {
+    const events = new EventRing();
+    const options = { ...given, log: keepingEvents(given.log, events) };
     if (!isLoopback(options.bind) && options.token === null) {
       throw new LockstepError("USAGE", `--bind ${options.bind} is not loopback: give a --token (or $LOCKSTEP_TOKEN)`);
     }
@@ -106,7 +112,7 @@ export class HostDaemon {
     const address = server.address();
     const port = typeof address === "object" && address !== null ? address.port : options.port;
     const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
-    const daemon = new HostDaemon(options, server, `http://${host}:${port}`);
+    const daemon = new HostDaemon(options, server, `http://${host}:${port}`, events);
     server.on("request", (req, res) => void daemon.handle(req, res));
     server.on("upgrade", (req, socket, head) => daemon.upgrade(req, socket, head));
     return daemon;
@@ -137,7 +143,12 @@ export class HostDaemon {
       checkToken(req, this.options.token);
       const url = new URL(req.url ?? "/", "http://host");
       const parts = url.pathname.split("/").filter((p) => p.length > 0);
-      if (req.method === "GET" && url.pathname === "/api/status") return sendJson(res, 200, this.status());
+      if (req.method === "GET" && url.pathname === "/api/status") {
+        const from = url.searchParams.get("eventsFrom");
+        if (from === null) return sendJson(res, 200, this.status());
+        if (!/^\d{1,15}$/.test(from)) throw new ApiError("BAD_REQUEST", "eventsFrom=N: an event number");
+        return sendJson(res, 200, { ...this.status(), events: this.events.since(Number(from)) });
+      }
       if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startVm(await readJson(req)));
       if (req.method === "POST" && url.pathname === "/api/clones") return sendJson(res, 201, await this.startClone(await readBody(req, SNAPSHOT_BYTES_MAX)));
       if (req.method === "POST" && url.pathname === "/api/network") {
