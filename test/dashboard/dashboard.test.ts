@@ -7,27 +7,16 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { type Browser, chromium, type Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { PROJECT_ROOT } from "../../host/vm/guest.js";
+import type { Page } from "playwright-core";
+import { afterEach, describe, expect, it } from "vitest";
+import { SCREENSHOT_DIR, useChromium } from "../helpers/browser.js";
 import { UpCluster } from "../helpers/cluster.js";
 
-const CHROMIUM = process.env.LOCKSTEP_CHROMIUM ?? "/usr/bin/chromium";
-const OUT_DIR = path.join(PROJECT_ROOT, "test-output", "dashboard");
 /** Failover takes ~1 s and a clone a few more; this is the bound on a loaded 2-core box. */
 const STATE_TIMEOUT_MS = 60_000;
 
-let browser: Browser;
+const browser = useChromium();
 let cluster: UpCluster | null = null;
-
-beforeAll(async () => {
-  fs.mkdirSync(OUT_DIR, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM });
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
 
 afterEach(async () => {
   const result = await cluster?.stop();
@@ -78,7 +67,7 @@ describe("the dashboard in Chromium", () => {
     cluster = new UpCluster(["--guest", "counter", "--hosts", "3", "--timeout-ms", "3000"]);
     const ready = await cluster.ready;
     const { primary, backup } = ready.vms[0]!;
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const page = await browser().newPage({ viewport: { width: 1280, height: 1000 } });
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(String(error)));
     await page.goto(ready.url);
@@ -92,7 +81,7 @@ describe("the dashboard in Chromium", () => {
     expect(await vmField(page, "counter", "generation").textContent()).toBe("1");
     // The charts are drawn by the library, one per figure.
     await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelectorAll("#charts .uplot").length === 3, undefined, { timeout: STATE_TIMEOUT_MS });
-    await page.screenshot({ path: path.join(OUT_DIR, "1-protected.png"), fullPage: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "1-protected.png"), fullPage: true });
 
     // Cancel is the safe default: Escape closes the dialog and nothing happens.
     const kill = page.locator(`#hosts [data-host="${primary}"] button[data-action="kill"]`);
@@ -116,7 +105,7 @@ describe("the dashboard in Chromium", () => {
     await page.locator(`#events [data-event="wentLive"][data-vm="counter"]`).waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.locator(`#events [data-event="failureDetected"]`).first().waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.locator(`#events [data-event="hostKilled"]`).waitFor();
-    await page.screenshot({ path: path.join(OUT_DIR, "2-failover.png"), fullPage: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "2-failover.png"), fullPage: true });
 
     // Redundancy restored: a clone of the new primary is its backup, on another host.
     await page.locator(`#events [data-event="redundancyRestored"]`).first().waitFor({ timeout: STATE_TIMEOUT_MS });
@@ -131,7 +120,7 @@ describe("the dashboard in Chromium", () => {
     );
     const restoredOn = await vmField(page, "counter", "backup-host").textContent();
     expect(await vmField(page, "counter", "primary-host").textContent()).toBe(backup);
-    await page.screenshot({ path: path.join(OUT_DIR, "3-restored.png"), fullPage: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "3-restored.png"), fullPage: true });
 
     // What the page shows is what the cluster says.
     const status = await cluster.status();
@@ -141,7 +130,7 @@ describe("the dashboard in Chromium", () => {
     expect(errors).toEqual([]);
 
     for (const shot of ["1-protected.png", "2-failover.png", "3-restored.png"]) {
-      expect(fs.statSync(path.join(OUT_DIR, shot)).size).toBeGreaterThan(10_000);
+      expect(fs.statSync(path.join(SCREENSHOT_DIR, shot)).size).toBeGreaterThan(10_000);
     }
     await page.close();
   });
@@ -154,7 +143,7 @@ describe("the dashboard in Chromium", () => {
     const ready = await cluster.ready;
     const { primary, backup } = ready.vms[0]!;
     const third = ready.hosts.map((h) => h.id).find((id) => id !== primary && id !== backup)!;
-    const page = await browser.newPage({ viewport: { width: 1024, height: 900 } });
+    const page = await browser().newPage({ viewport: { width: 1024, height: 900 } });
     await page.goto(ready.url);
     await page.locator('#vms [data-vm="counter"][data-state="protected"]').waitFor({ timeout: STATE_TIMEOUT_MS });
 
@@ -184,7 +173,7 @@ describe("the dashboard in Chromium", () => {
     await page.locator("#confirm-ok").click();
     await page.locator("#outcome", { hasText: "counter is powering off." }).waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.locator('#vms [data-vm="counter"][data-state="down"]').waitFor({ timeout: STATE_TIMEOUT_MS });
-    await page.screenshot({ path: path.join(OUT_DIR, "4-powered-off.png"), fullPage: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "4-powered-off.png"), fullPage: true });
     const status = await cluster.status();
     expect(status.vms.find((vm) => vm.vm === "counter")?.state ?? "down").toBe("down");
     expect(status.events.some((e) => e.event === "wentLive")).toBe(false);
@@ -194,7 +183,7 @@ describe("the dashboard in Chromium", () => {
   it("asks for the token when the cluster has one, then goes live with it; works at phone width in the dark scheme", async () => {
     cluster = new UpCluster(["--guest", "counter", "--hosts", "2", "--token", "dashboard-test-token", "--no-restore", "--timeout-ms", "10000"]);
     const ready = await cluster.ready;
-    const page = await browser.newPage({ viewport: { width: 390, height: 844 }, colorScheme: "dark" });
+    const page = await browser().newPage({ viewport: { width: 390, height: 844 }, colorScheme: "dark" });
     await page.goto(ready.url);
     await page.locator("#connection[data-state='unauthorized']").waitFor({ timeout: STATE_TIMEOUT_MS });
     await page.locator("#token-form:not([hidden])").waitFor();
@@ -219,7 +208,7 @@ describe("the dashboard in Chromium", () => {
       return page.document.documentElement.scrollWidth - page.innerWidth;
     });
     expect(overflow).toBeLessThanOrEqual(0);
-    await page.screenshot({ path: path.join(OUT_DIR, "phone-dark.png"), fullPage: true });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "phone-dark.png"), fullPage: true });
     await page.close();
   });
 });

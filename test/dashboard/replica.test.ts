@@ -5,28 +5,17 @@
 // counts, and the digests it computes are the primary's. When the primary's host is killed, the
 // page follows the VM to its new primary.
 
-import fs from "node:fs";
 import path from "node:path";
-import { type Browser, chromium } from "playwright-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PROJECT_ROOT } from "../../host/vm/guest.js";
+import { afterAll, describe, expect, it } from "vitest";
+import { SCREENSHOT_DIR, useChromium } from "../helpers/browser.js";
 import { UpCluster } from "../helpers/cluster.js";
 import { redis } from "../helpers/redis-cli.js";
 
-const CHROMIUM = process.env.LOCKSTEP_CHROMIUM ?? "/usr/bin/chromium";
-const OUT_DIR = path.join(PROJECT_ROOT, "test-output", "dashboard");
 const WAIT_MS = 60_000;
-
-let browser: Browser;
+const browser = useChromium();
 let cluster: UpCluster | null = null;
 
-beforeAll(async () => {
-  fs.mkdirSync(OUT_DIR, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM });
-});
-
 afterAll(async () => {
-  await browser?.close();
   const result = await cluster?.stop();
   expect(result?.code ?? 0).toBe(0);
 });
@@ -46,7 +35,7 @@ describe("the live replica in the dashboard", () => {
     // State from before the replica: it must come with the snapshot.
     expect(await redis(address, ["SET before snapshot", "INCR hits"])).toEqual(["OK", "1"]);
 
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const page = await browser().newPage({ viewport: { width: 1280, height: 1000 } });
     const pageErrors: string[] = [];
     page.on("pageerror", (error) => pageErrors.push(error.message));
     await page.goto(ready.url);
@@ -86,8 +75,8 @@ describe("the live replica in the dashboard", () => {
     // The replica keeps up: it stands at or past the probe, and the page still shows it running.
     expect(BigInt((await page.locator("#replica-figures [data-field='icount']").textContent())!)).toBeGreaterThanOrEqual(BigInt(probe.icount));
     expect(await page.locator("#replica-state").getAttribute("data-state")).toBe("running");
-    await page.screenshot({ path: path.join(OUT_DIR, "replica.png"), fullPage: true });
-    await page.locator("#replica").screenshot({ path: path.join(OUT_DIR, "replica-section.png") });
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, "replica.png"), fullPage: true });
+    await page.locator("#replica").screenshot({ path: path.join(SCREENSHOT_DIR, "replica-section.png") });
 
     // The primary's host dies: the backup goes live, and the page follows it with a new
     // replica, from a snapshot of the new primary, whose digests are the new primary's.
@@ -109,7 +98,7 @@ describe("the live replica in the dashboard", () => {
     const afterRow = page.locator(`#replica-digests tr[data-icount='${after.icount}']`);
     await afterRow.waitFor({ timeout: WAIT_MS });
     expect(await afterRow.locator("td[data-field='replica']").textContent()).toBe(after.digest);
-    await page.locator("#replica").screenshot({ path: path.join(OUT_DIR, "replica-after-failover.png") });
+    await page.locator("#replica").screenshot({ path: path.join(SCREENSHOT_DIR, "replica-after-failover.png") });
     console.log(
       `replica open ${Math.round(openMs)} ms (${await page.locator("#replica-figures [data-field='started-at']").textContent()}); ` +
         `probe answered by the primary in ${Math.round(answeredMs - probedMs)} ms, shown checked by the browser ${Math.round(checkedMs - answeredMs)} ms later; ` +

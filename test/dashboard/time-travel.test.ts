@@ -7,30 +7,25 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { timeTravel } from "../../host/dashboard/time-travel.js";
 import { PROJECT_ROOT } from "../../host/vm/guest.js";
+import { SCREENSHOT_DIR, useChromium } from "../helpers/browser.js";
 import { UpCluster } from "../helpers/cluster.js";
 
-const CHROMIUM = process.env.LOCKSTEP_CHROMIUM ?? "/usr/bin/chromium";
 const CLI = path.join(PROJECT_ROOT, "dist", "host", "cli", "main.js");
-const OUT_DIR = path.join(PROJECT_ROOT, "test-output", "dashboard");
 const WAIT_MS = 60_000;
 const run = promisify(execFile);
 
-let browser: Browser;
+const browser = useChromium();
 let cluster: UpCluster | null = null;
 let dir: string;
 
 beforeAll(async () => {
-  fs.mkdirSync(OUT_DIR, { recursive: true });
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-time-travel-test-"));
-  browser = await chromium.launch({ executablePath: CHROMIUM });
 });
 
 afterAll(async () => {
-  await browser?.close();
   const result = await cluster?.stop();
   expect(result?.code ?? 0).toBe(0);
   fs.rmSync(dir, { recursive: true, force: true });
@@ -65,7 +60,7 @@ describe("time travel in the dashboard", () => {
 
     cluster = new UpCluster(["--guest", "counter", "--hosts", "2", "--no-restore"]);
     const ready = await cluster.ready;
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const page = await browser().newPage({ viewport: { width: 1280, height: 1000 } });
     await page.goto(ready.url);
     await page.locator("#tt-guest option[value='counter']").waitFor({ state: "attached", timeout: WAIT_MS });
     await page.getByLabel("Recorded log").setInputFiles(log);
@@ -93,7 +88,7 @@ describe("time travel in the dashboard", () => {
     expect(memoryLines[0]).toMatch(/^\d+ bytes of memory; from 0:$/);
     expect(memoryLines.slice(1)).toHaveLength(16);
     expect(memoryLines[1]).toMatch(/^00000000  ([0-9a-f]{2} ){15}[0-9a-f]{2}  .{16}$/);
-    await page.locator("#time-travel").screenshot({ path: path.join(OUT_DIR, "time-travel.png") });
+    await page.locator("#time-travel").screenshot({ path: path.join(SCREENSHOT_DIR, "time-travel.png") });
 
     // The slider, from the keyboard: Home goes back to the start of the log, and replays there.
     await page.getByLabel("Move through the log").press("Home");
