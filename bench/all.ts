@@ -3,6 +3,7 @@
 import { formatResult, runMeteringBench } from "./metering.js";
 import { printCloneBench, runCloneBench } from "./clone.js";
 import { printClusterBench, runClusterBench } from "./cluster.js";
+import { printBackupsBench, runBackupsBench } from "./backups.js";
 import { printCompressionBench, printSettingsSweep, runCompressionBench, runSettingsSweep } from "./compression.js";
 import { printDiskReadsBench, runDiskReadsBench } from "./disk-reads.js";
 import { printFtBench, runFtBench } from "./ft.js";
@@ -27,6 +28,9 @@ printDiskReadsBench(await runDiskReadsBench());
 
 console.log("\n== fault tolerance on the embedded cluster (lockstep up: real processes on loopback)");
 printClusterBench(await runClusterBench());
+
+console.log("\n== more than one backup (lockstep up --backups N): kv with one and two backups, losing one of two");
+printBackupsBench(await runBackupsBench());
 
 console.log("\n== log compression on the logging channel (kv under redis-benchmark, deflate on and off)");
 printSettingsSweep(await runSettingsSweep());

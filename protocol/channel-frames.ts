@@ -23,16 +23,17 @@ import type {
   EntriesMessage,
   HeartbeatMessage,
   HelloMessage,
+  RenewMessage,
   Role,
 } from "../host/ft/messages.js";
 import { decodeRecords, encodedRecordBytes, writeRecord, FRAME_BYTES_MAX as RECORD_FRAME_BYTES_MAX } from "./codec.js";
 import { CodecError } from "./errors.js";
 import { openFrame, sealFrame, type EnvelopeFormat } from "./frame-envelope.js";
 import type { LogRecord } from "./records.js";
-import { TOKEN_BYTES_MAX, VM_ID_BYTES_MAX } from "./storage-frames.js";
+import { OWNER_BYTES_MAX, TOKEN_BYTES_MAX, VM_ID_BYTES_MAX } from "./storage-frames.js";
 import { U64_MAX, VARINT_U32_BYTES_MAX, VARINT_U64_BYTES_MAX, varintSize, varintSizeU64, writeVarint, writeVarintU64 } from "./varint.js";
 
-export { TOKEN_BYTES_MAX, VM_ID_BYTES_MAX } from "./storage-frames.js";
+export { OWNER_BYTES_MAX, TOKEN_BYTES_MAX, VM_ID_BYTES_MAX } from "./storage-frames.js";
 
 /** Channel protocol version written by this codec and the only one it reads. */
 export const CHANNEL_VERSION = 1;
@@ -67,6 +68,8 @@ export enum ChannelFrameType {
   Heartbeat = 2,
   Entries = 3,
   Ack = 4,
+  /** A primary with several backups settles a generation and keeps this backup (host/ft/messages.ts). */
+  Renew = 5,
 }
 
 /** Hello `role` byte. Values are part of the wire format: never renumber. */
@@ -235,6 +238,9 @@ function bodyOf(message: ChannelMessage): { type: ChannelFrameType; body: BodyWr
         body: envelope(message).uint(count, CHANNEL_RECORDS_MAX, "record count").records(message.records),
       };
     }
+    case "renew":
+      // The owner is a test-and-set register's owner: the storage server's limit applies.
+      return { type: ChannelFrameType.Renew, body: envelope(message).text(message.owner, OWNER_BYTES_MAX, "owner") };
     case "ack":
       assert(typeof message.resend === "boolean", "resend must be a boolean");
       return {
@@ -337,7 +343,7 @@ class BodyReader {
 /** Decodes one frame: `bytes` must hold exactly one frame (one WebSocket message). */
 export function decodeChannelMessage(bytes: Uint8Array): ChannelMessage {
   const { type, bodyStart, bodyEnd } = openFrame(bytes, CHANNEL_FORMAT);
-  if (!(type >= ChannelFrameType.Hello && type <= ChannelFrameType.Ack)) {
+  if (!(type >= ChannelFrameType.Hello && type <= ChannelFrameType.Renew)) {
     throw channelError("CHANNEL_UNKNOWN_TYPE", 3, `frame type ${type}`);
   }
   const reader = new BodyReader(bytes, bodyStart, bodyEnd);
@@ -383,6 +389,9 @@ export function decodeChannelMessage(bytes: Uint8Array): ChannelMessage {
       message = { t: "ack", vmId, generation, ...ack, resend: flags === ACK_FLAG_RESEND } satisfies AckMessage;
       break;
     }
+    case ChannelFrameType.Renew:
+      message = { t: "renew", vmId, generation, owner: reader.text("owner", OWNER_BYTES_MAX) } satisfies RenewMessage;
+      break;
   }
   if (reader.remaining !== 0) throw reader.malformed(`${reader.remaining} unexpected bytes at the end of the body`);
   return message;

@@ -14,20 +14,22 @@ import { LockstepError } from "../errors.js";
 import { createLogger } from "../log.js";
 import { applyLogCompression, integer, logLevel, secret, untilSignal } from "./flags.js";
 import { HOST_TOKEN_ENV } from "./host-command.js";
-import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
+import { BACKUPS_MAX, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 
 export const UP_PORT_DEFAULT = 7400;
 
 export const UP_USAGE = `usage:
-  lockstep up [--guest NAME]... [--hosts N] [--vm NAME] [--no-switch] [--no-restore] [--port PORT] [--bind HOST] [--dir DIR]
+  lockstep up [--guest NAME]... [--hosts N] [--backups N] [--vm NAME] [--no-switch] [--no-restore] [--port PORT] [--bind HOST] [--dir DIR]
               [--guest-port VPORT=PORT]... [--disk-blocks N] [--memory-mib N] [--timeout-ms MS]
               [--token TOKEN] [--log-compression on|off] [--arbiter etcd://HOST:PORT] [--disk-reads logged|backup] [--disk shared|local]
 
 Starts a storage server, a switch and N hosts (default 3) as child processes, runs each
-guest's primary and backup on two different hosts, and serves GET /api/status and the
+guest's primary and its backups each on a host of its own, and serves GET /api/status and the
 dashboard (http://127.0.0.1:7400/) until Ctrl-C.
   --guest       an example's name or a .wasm path; repeat for more VMs (default: kv and http)
   --vm          the VM's name, with one --guest (default: the guest's name)
+  --backups     backups per VM (default 1; --hosts must be at least one more): an output leaves
+                once every backup holds its log, and any one of them can go live
   --no-switch   no switch: clients connect to the primary's host and reconnect after a failover
   --no-restore  leave a VM that lost its backup without one (default: a live clone of its
                 primary becomes its backup on the least loaded other host)
@@ -55,6 +57,7 @@ export async function upCommand(args: string[]): Promise<number> {
       "no-restore": { type: "boolean", default: false },
       vm: { type: "string" },
       hosts: { type: "string", default: "3" },
+      backups: { type: "string", default: "1" },
       port: { type: "string", default: String(UP_PORT_DEFAULT) },
       bind: { type: "string", default: "127.0.0.1" },
       dir: { type: "string" },
@@ -105,6 +108,7 @@ export async function upCommand(args: string[]): Promise<number> {
     switch: !values["no-switch"],
     restoreRedundancy: !values["no-restore"],
     hosts: integer(values.hosts, "--hosts", 2, 16),
+    backups: integer(values.backups, "--backups", 1, BACKUPS_MAX),
     bind: values.bind,
     port: integer(values.port, "--port", 0, 65535),
     dir: values.dir ?? null,
@@ -140,7 +144,7 @@ export async function upCommand(args: string[]): Promise<number> {
 }
 
 function howTo(ready: Record<string, unknown>): string {
-  const vms = ready.vms as { vm: string; primary: string; backup: string; ports: Record<string, string> }[];
+  const vms = ready.vms as { vm: string; primary: string; backups: string[]; ports: Record<string, string> }[];
   const services = (ready.services ?? {}) as Record<string, string>;
   const lines = [`\ndashboard: ${String(ready.url)}/  (live status, charts, events; kill, cut, migrate from the page)`, `status: curl -s ${String(ready.status)}`];
   const client = (service: string, vport: string, address: string) => {
@@ -150,7 +154,7 @@ function howTo(ready: Record<string, unknown>): string {
     return `  ${service} at ${address}`;
   };
   for (const vm of vms) {
-    lines.push(`${vm.vm}: primary on ${vm.primary}, backup on ${vm.backup}`);
+    lines.push(`${vm.vm}: primary on ${vm.primary}, backup${vm.backups.length === 1 ? "" : "s"} on ${vm.backups.join(", ")}`);
     for (const [service, address] of Object.entries(services)) if (service === vm.vm || service.startsWith(`${vm.vm}-`)) lines.push(client(service, "", address));
     for (const [vport, address] of Object.entries(vm.ports)) lines.push(client(vm.vm, vport, address));
   }

@@ -1,8 +1,8 @@
 // `lockstep up`: an embedded cluster on this machine. It starts a storage server and N host
-// daemons as child processes, places a guest's primary and backup on two different hosts, and
-// serves the cluster's status:
+// daemons as child processes, places a guest's primary and its backups (`--backups`, default
+// one) each on a different host, and serves the cluster's status:
 //
-//   GET  /api/status               every VM (generation, primary and backup with host, pid,
+//   GET  /api/status               every VM (generation, primary and backups with host, pid,
 //                                  icount, lag, sent/acked seqs, held outputs), every host,
 //                                  and recent events (failure detected, went live, halted, ...)
 //   POST /api/vms/:vm/control      forwarded to the VM's current primary
@@ -32,6 +32,7 @@ import { checkOrigin, isDashboardFile, serveDashboardFile } from "../dashboard/s
 import { replayRequest } from "../dashboard/time-travel.js";
 import { ReplicaSessions, replicaRoute } from "../replica/sessions.js";
 import { exampleGuests, loadGuest } from "../vm/guest.js";
+import { BACKUPS_MAX } from "../ft/config.js";
 import { Child } from "./child.js";
 import type { HostStatus } from "./host-daemon.js";
 import type { VmStatus } from "./hosted-vm.js";
@@ -103,6 +104,12 @@ export interface ClusterOptions {
    * (§3.1). Off only to watch a VM run alone.
    */
   restoreRedundancy: boolean;
+  /**
+   * Backups per VM (`--backups N`, default 1), each on a host of its own: an output leaves
+   * once every one holds it, and any one of them can go live. Restoring redundancy clones
+   * until a VM has this many again.
+   */
+  backups?: number;
   /** `--arbiter etcd://...` for every host; null: the storage server's registers. */
   arbiter: string | null;
   log: Logger;
@@ -150,6 +157,8 @@ export class EmbeddedCluster {
   private readonly protection = new Map<string, { state: string; sinceMs: number }>();
   /** The hosts' control token: fresh for each cluster, known only to it and its children. */
   private readonly hostToken = randomBytes(24).toString("base64url");
+  /** Backups each VM should have (ClusterOptions.backups). */
+  private readonly backups: number;
   private readonly dir: string;
   private readonly ownsDir: boolean;
   url = "";
@@ -157,6 +166,13 @@ export class EmbeddedCluster {
   constructor(private readonly options: ClusterOptions) {
     if (options.hosts < 2 || options.hosts > CLUSTER_HOSTS_MAX) {
       throw new LockstepError("USAGE", `--hosts takes 2 to ${CLUSTER_HOSTS_MAX}: a primary and its backup need two`);
+    }
+    this.backups = options.backups ?? 1;
+    if (!Number.isInteger(this.backups) || this.backups < 1 || this.backups > BACKUPS_MAX) {
+      throw new LockstepError("USAGE", `--backups takes 1 to ${BACKUPS_MAX}`);
+    }
+    if (options.hosts < this.backups + 1) {
+      throw new LockstepError("USAGE", `--backups ${this.backups} needs --hosts ${this.backups + 1} or more: a primary and each backup on a host of its own`);
     }
     if (!isLoopback(options.bind) && options.token === null) {
       throw new LockstepError("USAGE", `--bind ${options.bind} is not loopback: give a --token (or $LOCKSTEP_TOKEN)`);
@@ -177,12 +193,13 @@ export class EmbeddedCluster {
     const started = await Promise.all(Array.from({ length: this.options.hosts }, (_, i) => this.startHost(`host-${i + 1}`)));
     this.hosts.push(...started.map(({ child, url }, i) => ({ id: `host-${i + 1}`, url, child, last: null, responsive: true, restarts: 0 })));
 
-    // VM i: primary on host i, backup on the next host, so that no host holds both sides.
+    // VM i: primary on host i, its backups on the hosts after it, so that no host holds two
+    // copies of one VM.
     const placed = [];
     for (const [i, guest] of guests.entries()) {
       const primaryHost = this.hosts[i % this.hosts.length]!;
-      const backupHost = this.hosts[(i + 1) % this.hosts.length]!;
-      placed.push({ ...guest, ...(await this.startVm(guest, guest.loaded, primaryHost, backupHost)), primaryHost, backupHost });
+      const backupHosts = Array.from({ length: this.backups }, (_, b) => this.hosts[(i + 1 + b) % this.hosts.length]!);
+      placed.push({ ...guest, ...(await this.startVm(guest, guest.loaded, primaryHost, backupHosts)), primaryHost, backupHosts });
     }
 
     this.replicas = new ReplicaSessions(this.options.log);
@@ -204,7 +221,8 @@ export class EmbeddedCluster {
     const vms = [];
     for (const vm of placed) {
       const ports = await this.primaryPorts(vm.vm, vm.primaryHost, vm.loaded.listens, vm.eventsBefore);
-      vms.push({ vm: vm.vm, guest: vm.guest, generation: vm.generation, primary: vm.primaryHost.id, backup: vm.backupHost.id, ports });
+      const backups = vm.backupHosts.map((h) => h.id);
+      vms.push({ vm: vm.vm, guest: vm.guest, generation: vm.generation, primary: vm.primaryHost.id, backup: backups[0], backups, ports });
     }
     return {
       url: this.url,
@@ -219,15 +237,15 @@ export class EmbeddedCluster {
   }
 
   /**
-   * Starts one VM under FT: its backup first, then its primary pointed at the backup's
-   * channel. A fresh cluster over kept storage continues the VM's generations: the registers
+   * Starts one VM under FT: its backups first, then its primary pointed at the backups'
+   * channels. A fresh cluster over kept storage continues the VM's generations: the registers
    * of generations already settled belong to earlier runs.
    */
   private async startVm(
     vm: ClusterVm,
     guest: { usesDisk: boolean },
     primaryHost: HostEntry,
-    backupHost: HostEntry,
+    backupHosts: readonly HostEntry[],
   ): Promise<{ generation: number; eventsBefore: number }> {
     const generation = await this.storedGeneration(vm.vm);
     const spec = {
@@ -241,10 +259,15 @@ export class EmbeddedCluster {
       timeoutMs: this.options.timeoutMs,
       ...(this.switch === null ? {} : { switchUrl: this.switch.url.replace(/^http/, "ws") }),
     };
-    const backup = (await this.callHost(backupHost, "POST", "/api/vms", { ...spec, role: "backup" })) as { channelUrl: string };
+    const channelUrls = [];
+    for (const backupHost of backupHosts) {
+      const backup = (await this.callHost(backupHost, "POST", "/api/vms", { ...spec, role: "backup" })) as { channelUrl: string };
+      channelUrls.push(backup.channelUrl);
+    }
     const eventsBefore = this.eventsDropped + this.events.length;
     const ports = this.switch === null ? this.options.ports : {};
-    await this.callHost(primaryHost, "POST", "/api/vms", { ...spec, role: "primary", backupUrl: backup.channelUrl, ports });
+    const backupUrls = channelUrls.length > 1 ? { backupUrls: channelUrls } : {};
+    await this.callHost(primaryHost, "POST", "/api/vms", { ...spec, role: "primary", backupUrl: channelUrls[0], ...backupUrls, ports });
     return { generation, eventsBefore };
   }
 
@@ -357,7 +380,7 @@ export class EmbeddedCluster {
         healthy: h.child.alive && h.responsive && h.last !== null && h.last.connected && h.last.storageReachable,
         status: h.last,
       }));
-      for (const action of planClones(views, busy)) void this.startClone(action);
+      for (const action of planClones(views, busy, this.backups)) void this.startClone(action);
     } finally {
       this.redundancyChecking = false;
     }
@@ -389,16 +412,26 @@ export class EmbeddedCluster {
       .flatMap((h) => h.last!.vms.filter((vm) => vm.vm === name && vm.result === null).map((vm) => ({ host: h, vm })));
     const isPrimary = (vm: VmStatus) => (vm.role === "primary" && vm.state !== "halted") || (vm.role === "backup" && vm.state === "live");
     const primaries = sides.filter((s) => isPrimary(s.vm)).sort((a, b) => b.vm.generation - a.vm.generation);
-    const backups = sides.filter((s) => !isPrimary(s.vm) && s.vm.state !== "halted");
     const describe = (side: { host: HostEntry; vm: VmStatus } | undefined) =>
       side === undefined ? null : { host: side.host.id, pid: side.host.child.pid, ...side.vm };
     const primary = primaries[0];
+    // In the primary's order (its channels' endpoints name the backups' hosts), then the rest.
+    const order = primary?.vm.role === "primary" && "backups" in primary.vm ? primary.vm.backups.map((b) => b.url ?? "") : [];
+    const rank = (host: HostEntry) => {
+      const index = order.findIndex((url) => url.startsWith(host.url.replace(/^http/, "ws") + "/"));
+      return index === -1 ? order.length : index;
+    };
+    const backups = sides.filter((s) => !isPrimary(s.vm) && s.vm.state !== "halted").sort((a, b) => rank(a.host) - rank(b.host));
+    // "protected": some backup can take over; `backups` says how many of the wanted there are.
+    const paired = primary?.vm.state === "paired" || primary?.vm.state === "renewing";
     return {
       vm: name,
       generation: primary?.vm.generation ?? backups[0]?.vm.generation ?? null,
-      state: primary === undefined ? "down" : backups.length > 0 && primary.vm.state === "paired" ? "protected" : "unprotected",
+      state: primary === undefined ? "down" : backups.length > 0 && paired ? "protected" : "unprotected",
+      backupsWanted: this.backups,
       primary: describe(primary),
       backup: describe(backups[0]),
+      backups: backups.map(describe),
     };
   }
 
@@ -657,11 +690,15 @@ export class EmbeddedCluster {
       const healthy = this.hosts
         .filter((h) => h.child.alive && h.responsive && h.last !== null && h.last.connected && h.last.storageReachable)
         .sort((a, b) => running(a).length - running(b).length || a.id.localeCompare(b.id, "en", { numeric: true }));
-      if (healthy.length < 2) throw new ApiError("UNAVAILABLE", `${vm} needs two healthy hosts, for its primary and its backup; ${healthy.length} are`);
-      const [primaryHost, backupHost] = [healthy[0]!, healthy[1]!];
-      const { generation } = await this.startVm({ guest, vm }, loadGuest(guest), primaryHost, backupHost);
-      const result = { vm, guest, generation, primary: primaryHost.id, backup: backupHost.id };
-      this.clusterEvent("vmStarted", `${vm} (${guest}) started: primary on ${primaryHost.id}, backup on ${backupHost.id}`, "up", { vm, generation });
+      if (healthy.length < this.backups + 1) {
+        throw new ApiError("UNAVAILABLE", `${vm} needs ${this.backups + 1} healthy hosts, for its primary and ${this.backups === 1 ? "its backup" : `its ${this.backups} backups`}; ${healthy.length} are`);
+      }
+      const primaryHost = healthy[0]!;
+      const backupHosts = healthy.slice(1, 1 + this.backups);
+      const { generation } = await this.startVm({ guest, vm }, loadGuest(guest), primaryHost, backupHosts);
+      const backups = backupHosts.map((h) => h.id);
+      const result = { vm, guest, generation, primary: primaryHost.id, backup: backups[0], backups };
+      this.clusterEvent("vmStarted", `${vm} (${guest}) started: primary on ${primaryHost.id}, backup${backups.length === 1 ? "" : "s"} on ${backups.join(", ")}`, "up", { vm, generation });
       return result;
     } finally {
       this.cloning.delete(vm);
@@ -675,7 +712,9 @@ export class EmbeddedCluster {
    * `toId` (unless it is there already), then the primary hands off: it stops as a crash would,
    * and the backup takes over at once, with everything the primary released. Afterwards the
    * cluster service gives the VM a new backup as after any go-live. Primary and backup never
-   * share a host.
+   * share a host. With several backups (`--backups`), "its backup" is the first one, and none
+   * moves if one runs on `toId` already; the others stay where they are (for a primary's move
+   * they lose the next generation to the one that takes over, and are cloned again).
    */
   private async migrate(name: string, role: "primary" | "backup", toId: string): Promise<Record<string, unknown>> {
     if (this.cloning.has(name)) throw new ApiError("CONFLICT", `${name} is being cloned or migrated already`);
@@ -689,7 +728,8 @@ export class EmbeddedCluster {
       const primarySide = view.primary as (VmStatus & { host: string }) | null;
       if (primarySide === null) throw new ApiError("UNAVAILABLE", `${name} has no live primary`);
       const primaryHost = this.hosts.find((h) => h.id === primarySide.host)!;
-      const backupSide = view.backup as (VmStatus & { host: string }) | null;
+      const backupSides = view.backups as (VmStatus & { host: string })[];
+      const backupSide = backupSides.find((b) => b.host === toId) ?? backupSides[0] ?? null;
       const from = role === "primary" ? primaryHost.id : (backupSide?.host ?? null);
       this.clusterEvent("migrationStarted", `migrating ${name}'s ${role} from ${from ?? "nowhere"} to ${toId}`, "up", { vm: name, from, to: toId });
       if (to === primaryHost) {
@@ -704,9 +744,14 @@ export class EmbeddedCluster {
           const backupHost = this.hosts.find((h) => h.id === backupSide.host)!;
           await this.callHost(backupHost, "DELETE", `/api/vms/${name}`);
         }
-        if (primarySide.state !== "alone") {
+        if (primarySide.state !== "alone" && backupSides.length <= 1) {
           await this.callHost(primaryHost, "POST", `/api/vms/${name}/drop-backup`);
           await this.nextEvent((e) => e.host === primaryHost.id && e.vm === name && (e.event === "wentAlone" || e.event === "halted"), MIGRATION_STEP_MS, since);
+        } else if (primarySide.state !== "alone") {
+          // It keeps other backups: the stopped one's channel stays closed, and the primary
+          // settles the next generation without it (RECONNECT_GRACE_MS), keeping the others.
+          const settled = (e: ClusterEvent) => e.host === primaryHost.id && e.vm === name && ["renewed", "wentAlone", "halted"].includes(e.event);
+          await this.nextEvent(settled, MIGRATION_STEP_MS, since);
         }
         await this.callHost(primaryHost, "POST", `/api/vms/${name}/clone`, { to: to.url });
       }

@@ -163,7 +163,11 @@ export class HostedVm {
     };
     const driver =
       spec.role === "primary"
-        ? new PrimaryDriver({ ...common, backupUrl: withModule(spec.backupUrl!, moduleHash) })
+        ? new PrimaryDriver({
+            ...common,
+            backupUrl: withModule(spec.backupUrl!, moduleHash),
+            ...(spec.backupUrls === undefined ? {} : { backupUrls: spec.backupUrls.map((url) => withModule(url, moduleHash)) }),
+          })
         : new BackupDriver({ ...common, ownListener: false, ...(restore === undefined ? {} : { restore }) });
     vm = new HostedVm(spec, driver, guest.module, moduleHash);
     vm.localDisk = localDisk;
@@ -206,6 +210,7 @@ export class HostedVm {
     const generation = primary.status().generation;
     const spec: VmSpec = { ...this.spec, role: "backup", generation, backupUrl: undefined, ports: {} };
     delete spec.backupUrl;
+    delete spec.backupUrls;
     delete spec.diskSyncUrl;
     // A disk of its own: the clone syncs its copy from this one, after the snapshot (disk-sync.ts).
     let source: DiskSyncSource | null = null;

@@ -22,7 +22,8 @@ export interface Ready {
   switch?: { url: string; pid: number };
   services?: Record<string, string>;
   hosts: { id: string; pid: number; url: string }[];
-  vms: { vm: string; guest: string; generation: number; primary: string; backup: string; ports: Record<string, string> }[];
+  /** `backup` is the first of `backups` (`--backups N`; one by default). */
+  vms: { vm: string; guest: string; generation: number; primary: string; backup: string; backups: string[]; ports: Record<string, string> }[];
 }
 
 export interface LogLine {
@@ -184,7 +185,8 @@ export interface SideStatus {
 export interface ClusterStatus {
   storage: { url: string; pid: number; state: string } | null;
   hosts: { id: string; pid: number; state: string; storageReachable: boolean | null; connected: boolean | null; vms: { vm: string; role: string; state: string }[] }[];
-  vms: { vm: string; generation: number | null; state: string; primary: SideStatus | null; backup: SideStatus | null }[];
+  /** `backup` is the first of `backups`; `backupsWanted` is `--backups`. */
+  vms: { vm: string; generation: number | null; state: string; backupsWanted: number; primary: SideStatus | null; backup: SideStatus | null; backups: SideStatus[] }[];
   events: { host: string; event: string; vm: string | null; generation: number | null; msg: string }[];
 }
 

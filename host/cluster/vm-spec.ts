@@ -3,7 +3,7 @@
 // a 400 with the field that is wrong, never a crash.
 
 import { z } from "zod";
-import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
+import { BACKUPS_MAX, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 
 /** VM names appear in URLs, logs and storage keys: keep them plain. */
 export const VM_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -18,6 +18,11 @@ export const VmSpecSchema = z
     generation: z.number().int().min(1).max(2 ** 31).default(1),
     /** Primary: the backup's logging-channel URL, as its host's status names it. */
     backupUrl: z.string().url().startsWith("ws").optional(),
+    /**
+     * Primary with several backups (`--backups N`): every backup's channel URL, the first being
+     * `backupUrl`'s. Outputs then wait for all of them (docs/ft-protocol.md).
+     */
+    backupUrls: z.array(z.string().url().startsWith("ws")).min(1).max(BACKUPS_MAX).optional(),
     /** Blocks of 4 KiB on the storage server's shared disk; 0: no disk. */
     diskBlocks: z.number().int().min(0).max(1 << 24).default(0),
     /**
@@ -49,6 +54,10 @@ export const VmSpecSchema = z
   .refine((spec) => spec.role === "backup" || spec.backupUrl !== undefined, {
     message: "a primary needs backupUrl: start the backup first, then name its channel",
     path: ["backupUrl"],
+  })
+  .refine((spec) => spec.backupUrls === undefined || (spec.role === "primary" && spec.backupUrls[0] === spec.backupUrl && new Set(spec.backupUrls).size === spec.backupUrls.length), {
+    message: "backupUrls: a primary's distinct backups, the first one backupUrl",
+    path: ["backupUrls"],
   })
   .refine((spec) => spec.disk === "shared" || spec.diskReads === "logged", {
     message: "a local disk takes logged reads: a backup's copy cannot serve its primary's reads",

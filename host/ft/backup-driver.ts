@@ -128,6 +128,8 @@ export class BackupDriver {
   successor: PrimaryDriver | null = null;
   private successorHooks: RecordHooks | null = null;
   private icount = 0n;
+  /** The core's generation at the last pump: a primary with several backups renews it. */
+  private reportedGeneration: number;
   private readonly silence = new SilenceMeter();
   private readonly ticker: NodeJS.Timeout;
   private lastTickMs = performance.now();
@@ -135,7 +137,7 @@ export class BackupDriver {
 
   constructor(private readonly options: BackupDriverOptions) {
     this.log = (line) =>
-      options.log?.({ vm: options.vmId, role: "backup", generation: this.liveGeneration ?? this.core.config.generation, ...line });
+      options.log?.({ vm: options.vmId, role: "backup", generation: this.liveGeneration ?? this.core.generation, ...line });
     this.core = new BackupCore({
       vmId: options.vmId,
       generation: options.generation ?? 1,
@@ -146,6 +148,7 @@ export class BackupDriver {
       ...(options.restore === undefined ? {} : { startSeq: BigInt(options.restore.seq), startIcount: options.restore.icount }),
     });
     this.icount = options.restore?.icount ?? 0n;
+    this.reportedGeneration = this.core.generation;
     const onConsole = options.devices?.onConsole;
     this.machine = new Machine({
       mode: "replay",
@@ -266,7 +269,7 @@ export class BackupDriver {
     return {
       role: "backup",
       state: this.core.state,
-      generation: this.liveGeneration ?? this.core.config.generation,
+      generation: this.liveGeneration ?? this.core.generation,
       icount: this.icount,
       receivedSeq: position.receivedSeq,
       replayedSeq: position.replayedSeq,
@@ -294,6 +297,12 @@ export class BackupDriver {
 
   private pump(): void {
     const ready = this.core.ready();
+    if (this.core.generation !== this.reportedGeneration) {
+      // Its primary dropped another backup and kept this one (docs/ft-protocol.md, "More than
+      // one backup"); or, its primary dead, the arbiter said the primary had won that much.
+      this.reportedGeneration = this.core.generation;
+      this.log({ level: "info", msg: "backup renewed", event: "backupRenewed", newGeneration: this.core.generation });
+    }
     this.feed.push(ready.deliver);
     for (const message of ready.messages) this.channel?.send(message);
     if (ready.finishReplay) {

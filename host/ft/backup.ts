@@ -24,6 +24,17 @@
 //   "alone" for the new generation. This core is done.
 // - halted: final. Lost the test-and-set, learned a higher generation is live, replay
 //   diverged, or the log ended with PowerOff/End: a powered-off VM stays off (§3.3).
+//
+// One of several backups (docs/ft-protocol.md, "More than one backup"): when its primary drops
+// another backup it contends for generation G + 1 and sends the backups it keeps a `renew` for
+// G + 1. Such a backup is *prepared* for G + 1: it stays in G, and adopts G + 1 with the first
+// other message of G + 1 from its primary (sent only once the primary won). Any other message
+// of a higher generation means it was dropped, or a successor is live: it halts. If its primary
+// falls silent while it is prepared, the primary may have won G + 1 and died before saying so:
+// the backup first asks the arbiter for G + 1 *on the primary's behalf* (owner: the primary's
+// host, from the renew). Won means the primary owns G + 1 (or does now, so that a backup it
+// dropped can never win it) and this backup is one of its backups there: it contends for G + 2
+// as itself. Lost means a dropped backup is live: it halts.
 
 import { encodedRecordBytes } from "../../protocol/codec.js";
 import { ControlKind, type LogRecord, RecordKind } from "../../protocol/records.js";
@@ -78,6 +89,12 @@ export class BackupCore {
   readonly config: BackupConfig;
   private stateNow: BackupState = "replaying";
   private haltReasonNow: HaltReason | null = null;
+  /** The generation it runs in: config.generation, or a later one its primary renewed it to. */
+  private generationNow: number;
+  /** A renew for a later generation: the primary contends for it (or won it), keeping us. */
+  private prepared: { generation: number; owner: string } | null = null;
+  /** The outstanding test-and-set is on behalf of the prepared generation's owner. */
+  private onBehalf = false;
 
   /** Every record < receivedSeq is in the buffer or already replayed. */
   private receivedSeq: bigint;
@@ -105,7 +122,8 @@ export class BackupCore {
   private resendDue = false;
   private progressDue = false;
 
-  private readonly tas: TestAndSetClient;
+  /** A fresh client per contest: one on the primary's behalf, then one as itself. */
+  private tas: TestAndSetClient;
 
   private pendingDeliver: LogRecord[] = [];
   private pendingMessages: BackupToPrimary[] = [];
@@ -120,6 +138,7 @@ export class BackupCore {
   constructor(config: BackupOptions) {
     this.config = backupConfig(config);
     const c = this.config;
+    this.generationNow = c.generation;
     this.receivedSeq = c.startSeq;
     this.replayedSeq = c.startSeq;
     this.replayedIcount = c.startIcount;
@@ -134,6 +153,16 @@ export class BackupCore {
 
   get haltReason(): HaltReason | null {
     return this.haltReasonNow;
+  }
+
+  /** The generation of its pair: it starts as config.generation, a renew moves it on. */
+  get generation(): number {
+    return this.generationNow;
+  }
+
+  /** The generation a renew prepared it for, if it has not adopted it yet. */
+  get preparedGeneration(): number | null {
+    return this.prepared?.generation ?? null;
   }
 
   /** Where the log stands: records < receivedSeq held, < replayedSeq consumed by the vCPU. */
@@ -170,11 +199,35 @@ export class BackupCore {
       this.error("WRONG_VM", `message for VM ${message.vmId}`);
       return;
     }
-    if (message.generation > this.config.generation) {
-      this.halt("superseded");
+    if (message.t === "renew") {
+      // Its own generation or an older one: a renew that arrived late. Once the primary is
+      // declared failed, nothing changes what this backup contends for.
+      if (this.stateNow !== "replaying" || message.generation <= this.generationNow) return;
+      if (this.prepared === null || message.generation > this.prepared.generation) {
+        this.prepared = { generation: message.generation, owner: message.owner };
+      }
+      this.contacted = true;
+      this.silenceTicks = 0;
       return;
     }
-    if (message.generation < this.config.generation) {
+    if (message.generation > this.generationNow) {
+      if (this.prepared !== null && message.generation <= this.prepared.generation) {
+        // The primary won the generation it renewed us for (it sends nothing else of it before):
+        // we are its backup there. Not once it is declared failed: then the register decides.
+        if (this.stateNow !== "replaying") return;
+        this.generationNow = message.generation;
+        if (this.prepared.generation === message.generation) this.prepared = null;
+        // Tell the primary at once that we speak its generation (its renews stop).
+        this.ackDue = true;
+      } else if (message.t === "hello") {
+        // A hello carries nothing; the renew that prepares us may follow it on this connection.
+        return;
+      } else {
+        this.halt("superseded");
+        return;
+      }
+    }
+    if (message.generation < this.generationNow) {
       // A primary of an earlier generation, which lost to a newer one: it must halt, not feed us.
       // Only its hello is reported, so a stale peer costs one log line, not one per batch.
       if (message.t === "hello") this.error("STALE_GENERATION", `hello from generation ${message.generation}`);
@@ -333,8 +386,16 @@ export class BackupCore {
     assert(this.stateNow === "testAndSet", "testAndSetResult: only while contending");
     switch (this.tas.result(result)) {
       case "won":
+        if (this.onBehalf) {
+          // The primary owns the prepared generation, and we are its backup there.
+          this.onBehalf = false;
+          this.generationNow = this.prepared!.generation;
+          this.prepared = null;
+          this.startTas({ vmId: this.config.vmId, generation: this.generationNow + 1, owner: this.config.hostId });
+          return;
+        }
         this.become("live");
-        this.pendingGoLive = { generation: this.config.generation + 1, nextSeq: this.receivedSeq, icount: this.replayedIcount };
+        this.pendingGoLive = { generation: this.generationNow + 1, nextSeq: this.receivedSeq, icount: this.replayedIcount };
         return;
       case "lost":
         this.halt("lostTestAndSet");
@@ -344,10 +405,14 @@ export class BackupCore {
     }
   }
 
+  /**
+   * A higher generation is live. Not news if a renew prepared us for it: that may be our own
+   * primary's, and if it is not, the test-and-set on its behalf is lost and we halt then.
+   */
   generationSuperseded(generation: number): void {
-    if (this.stateNow !== "live" && this.stateNow !== "halted" && generation > this.config.generation) {
-      this.halt("superseded");
-    }
+    if (this.stateNow === "live" || this.stateNow === "halted" || generation <= this.generationNow) return;
+    if (this.prepared !== null && generation <= this.prepared.generation) return;
+    this.halt("superseded");
   }
 
   // ---- output -------------------------------------------------------------------------------
@@ -355,7 +420,7 @@ export class BackupCore {
   ready(): BackupReady {
     if (this.stateNow === "replaying" && this.connected) {
       if (this.helloDue) {
-        this.pendingMessages.push({ t: "hello", vmId: this.config.vmId, generation: this.config.generation, role: "backup" });
+        this.pendingMessages.push({ t: "hello", vmId: this.config.vmId, generation: this.generationNow, role: "backup" });
         this.helloDue = false;
       }
       if (this.ackDue || this.resendDue) this.queueAck();
@@ -383,7 +448,7 @@ export class BackupCore {
     const ack: AckMessage = {
       t: "ack",
       vmId: this.config.vmId,
-      generation: this.config.generation,
+      generation: this.generationNow,
       ackSeq: this.receivedSeq,
       windowEndSeq: this.replayedSeq + BigInt(this.config.bufferRecordsMax),
       replayedSeq: this.replayedSeq,
@@ -408,11 +473,18 @@ export class BackupCore {
 
   private contend(): void {
     this.become("testAndSet");
-    this.pendingTas = this.tas.start({
-      vmId: this.config.vmId,
-      generation: this.config.generation + 1,
-      owner: this.config.hostId,
-    });
+    if (this.prepared !== null) {
+      // First make sure the primary holds the generation it renewed us for (see the top).
+      this.onBehalf = true;
+      this.startTas({ vmId: this.config.vmId, generation: this.prepared.generation, owner: this.prepared.owner });
+      return;
+    }
+    this.startTas({ vmId: this.config.vmId, generation: this.generationNow + 1, owner: this.config.hostId });
+  }
+
+  private startTas(request: TestAndSetRequest): void {
+    this.tas = new TestAndSetClient(this.config.tasRetryMinTicks, this.config.tasRetryMaxTicks);
+    this.pendingTas = this.tas.start(request);
   }
 
   private halt(reason: HaltReason): void {

@@ -61,8 +61,15 @@ export interface CoreConfig {
 }
 
 export interface PrimaryConfig extends CoreConfig {
-  /** "paired": recording for a backup; "alone": live without one (after a go-live). */
+  /** "paired": recording for backups; "alone": live without one (after a go-live). */
   mode: "paired" | "alone";
+  /**
+   * mode "paired": the backups recording starts for, by the ids the driver names them with
+   * (messages are addressed to them, acks come from them). Default: one, `SOLE_BACKUP`.
+   */
+  backups: readonly string[];
+  /** At most this many backups at once (`pair()` asserts past it). */
+  backupsMax: number;
   /**
    * The log buffer (§3.2): unacknowledged records. At or over either limit `stall` is set.
    * The vCPU notices the stall only at its next checkpoint, so the buffer may exceed the
@@ -121,9 +128,17 @@ const CORE_DEFAULTS = {
   recordBytesMax: FRAME_BYTES_MAX,
 } satisfies Partial<CoreConfig>;
 
+/** The id of a primary's backup when there is only one and nobody named it. */
+export const SOLE_BACKUP = "backup";
+
+/** More backups than this buy nothing a VM needs (each costs a host and the log's bandwidth). */
+export const BACKUPS_MAX = 8;
+
 export const PRIMARY_DEFAULTS = {
   ...CORE_DEFAULTS,
   mode: "paired",
+  backups: [SOLE_BACKUP],
+  backupsMax: BACKUPS_MAX,
   bufferRecordsMax: 65_536,
   bufferBytesMax: 64 * 1024 * 1024,
   stallSlackRecords: 4_096,
@@ -156,6 +171,11 @@ export function primaryConfig(config: PrimaryOptions): PrimaryConfig {
   const full: PrimaryConfig = { ...PRIMARY_DEFAULTS, ...config };
   checkCore(full);
   assert(full.mode === "paired" || full.mode === "alone", "primary mode");
+  positive(full.backupsMax, "backupsMax");
+  if (full.mode === "paired") {
+    assert(full.backups.length >= 1 && full.backups.length <= full.backupsMax, "paired: 1..backupsMax backups");
+    assert(new Set(full.backups).size === full.backups.length, "backup ids differ");
+  }
   positive(full.bufferRecordsMax, "bufferRecordsMax");
   positive(full.stallSlackRecords, "stallSlackRecords");
   positive(full.heldOutputsMax, "heldOutputsMax");

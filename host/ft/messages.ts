@@ -67,7 +67,24 @@ export interface HelloMessage extends Envelope {
   token?: string;
 }
 
-export type PrimaryToBackup = EntriesMessage | HeartbeatMessage | HelloMessage;
+/**
+ * Primary → backup, with several backups (docs/ft-protocol.md, "More than one backup"): "I am
+ * settling generation `generation` at the arbiter, as `owner`, and you stay my backup in it".
+ * Unlike every other message, its envelope carries the generation the primary contends for (or
+ * has just won), not the one it runs: a backup of generation G records it (it is *prepared*
+ * for `generation`) and adopts that generation only with the first other message carrying it,
+ * which the primary sends only after it won. A prepared backup whose primary falls silent asks
+ * the arbiter for `generation` on behalf of `owner` first: won means the primary owns it (or
+ * now does) and this backup is one of its backups there, so it contends for the generation
+ * after it; lost means somebody else is live, and it halts.
+ */
+export interface RenewMessage extends Envelope {
+  t: "renew";
+  /** The primary's host: the owner it contends with. */
+  owner: string;
+}
+
+export type PrimaryToBackup = EntriesMessage | HeartbeatMessage | HelloMessage | RenewMessage;
 export type BackupToPrimary = AckMessage | HelloMessage;
 export type ChannelMessage = PrimaryToBackup | BackupToPrimary;
 

@@ -16,7 +16,7 @@ import { RECONNECT_GRACE_MS, TICK_MS, timeoutTicksFor } from "./config.js";
 import { SilenceMeter } from "./silence.js";
 import { LagClock } from "./lag-clock.js";
 import type { BackupToPrimary } from "./messages.js";
-import { PrimaryCore, type PrimaryState } from "./primary.js";
+import { type BackupId, PrimaryCore, type PrimaryState } from "./primary.js";
 import { type DigestProbeResult, type RecordObserver, RecordTap } from "./record-tap.js";
 
 /** Lag control aims to keep the backup within this much of the primary's execution (§3.2). */
@@ -39,8 +39,9 @@ export const PROGRESS_MS = 20;
 
 /**
  * A clone's backup must connect within this long of its snapshot, or it is declared lost (and
- * the primary runs alone again, one generation on). It covers sending the snapshot and
- * starting the backup from it: about a second for 64 MiB on one machine.
+ * the primary settles the next generation without it, alone or with its other backups). It
+ * covers sending the snapshot and starting the backup from it: about a second for 64 MiB on
+ * one machine.
  */
 const CLONE_CONTACT_MS_MAX = 60_000;
 
@@ -58,6 +59,11 @@ export interface PrimaryDriverOptions {
    * (a backup that went live) and pairs later with a clone (`clone`).
    */
   backupUrl: string | null;
+  /**
+   * More than one backup from the start (`--backups N`): every endpoint, in place of
+   * `backupUrl`'s one. Outputs then wait for every one of them (docs/ft-protocol.md).
+   */
+  backupUrls?: readonly string[];
   /**
    * A vCPU that already runs, recording, instead of a new one: a backup's, gone live (§2.3).
    * It hands its records and outputs to `attach`'s hooks from `startSeq` on.
@@ -124,15 +130,50 @@ export interface PrimaryStatus {
   /** How long the Output Rule held the last outputs (up to HOLD_SAMPLES), in ms. */
   outputHoldMsP50: number | null;
   outputHoldMsP99: number | null;
+  /**
+   * Each backup, in pairing order. The fields above are over all of them: `ackedSeq` what
+   * every backup holds, `lagIcount`/`lagMs` the worst lag, `channelOpen` every channel open.
+   */
+  backups: PrimaryBackupStatus[];
+}
+
+/** One backup of a primary, as its status shows it. */
+export interface PrimaryBackupStatus {
+  id: string;
+  /** Its logging channel's endpoint (null: a clone that does not listen yet). */
+  url: string | null;
+  channelOpen: boolean;
+  /** The generation its messages carry: behind the primary's until it takes a renew. */
+  generation: number;
+  ackedSeq: bigint;
+  sentSeq: bigint;
+  replayedSeq: bigint;
+  lagIcount: bigint;
+  lagMs: number;
+  silenceMsMax: number;
+}
+
+/** One backup's logging channel. */
+interface BackupLink {
+  readonly id: BackupId;
+  /** null: a clone whose backup does not listen yet (`connectBackup` names it). */
+  url: string | null;
+  /** The current connection; events of an earlier one are ignored. */
+  channel: Channel | null;
+  readonly silence: SilenceMeter;
+  /** A clone's: `connectBackup` waits for its channel (false: abandoned, or the VM ended). */
+  onContact: ((connected: boolean) => void) | null;
+  contactTimer: NodeJS.Timeout | undefined;
 }
 
 export class PrimaryDriver {
   readonly core: PrimaryCore;
   readonly machine: Machine;
   readonly done: Promise<VmResult>;
-  /** The logging channel; null while there is no backup to send to. */
-  private channel: Channel | null = null;
-  private backupUrl: string | null;
+  /** The backups' logging channels, by the core's backup ids; empty while alone. */
+  private readonly links = new Map<BackupId, BackupLink>();
+  /** Backup ids are never reused: an old channel's late events must not count for a new backup. */
+  private nextBackupNumber = 1;
   private readonly held = new Map<number, { seq: number; release: () => void; heldSinceMs: number }>();
   private nextOutputId = 1;
   private readonly ticker: NodeJS.Timeout;
@@ -140,19 +181,22 @@ export class PrimaryDriver {
   private lastLagUpdateMs = performance.now();
   private readonly lag = new LagClock();
   private icount = 0n;
-  private readonly silence = new SilenceMeter();
   private cpuShare = 1;
   private lagIcountNow = 0n;
   /** The core's state at the last pump: transitions happen inside tick() and receive(). */
   private reportedState: PrimaryState = "paired";
-  /** Bytes sent on earlier connections of the logging channel. */
+  /** Bytes sent on earlier connections of the logging channels. */
   private bytesSentBefore = 0;
   private wireBytesSentBefore = 0;
+  /** The longest silence of backups no longer here. */
+  private silenceMsMaxBefore = 0;
   private ended = false;
   /** A clone's snapshot is requested and not yet taken. */
   private cloning = false;
-  private cloneContactTimer: NodeJS.Timeout | undefined = undefined;
-  private onBackupContact: ((connected: boolean) => void) | null = null;
+  /** The clone whose snapshot was taken and whose backup `connectBackup` has not named yet. */
+  private cloneLink: BackupLink | null = null;
+  /** The last connection's setting, for the status once every channel is gone. */
+  private lastCompressed = false;
   /** Read-only replicas and digest probes watching the records appended. */
   private readonly tap = new RecordTap();
   private readonly holdMs = new Float64Array(HOLD_SAMPLES);
@@ -161,11 +205,14 @@ export class PrimaryDriver {
 
   constructor(private readonly options: PrimaryDriverOptions) {
     this.log = (line) => options.log?.({ vm: options.vmId, role: "primary", generation: this.core.generation, ...line });
-    assert((options.backupUrl === null) === (options.adopt !== undefined), "a new primary pairs at once; an adopted one starts alone");
+    const backupUrls = options.backupUrls ?? (options.backupUrl === null ? [] : [options.backupUrl]);
+    assert((backupUrls.length === 0) === (options.adopt !== undefined), "a new primary pairs at once; an adopted one starts alone");
+    const backupIds = backupUrls.map(() => this.newBackupId());
     this.core = new PrimaryCore({
       vmId: options.vmId,
       generation: options.generation ?? 1,
       hostId: options.hostId,
+      ...(backupIds.length === 0 ? {} : { backups: backupIds }),
       ...(options.timeoutMs === undefined ? {} : { timeoutTicks: timeoutTicksFor(options.timeoutMs) }),
       reconnectGraceTicks: Math.ceil(RECONNECT_GRACE_MS / TICK_MS),
       ...(options.adopt === undefined
@@ -191,18 +238,23 @@ export class PrimaryDriver {
         ...hooks,
       });
     }
-    this.backupUrl = options.backupUrl;
-    if (this.backupUrl !== null) this.channel = this.connect(this.backupUrl);
-    const unsubscribe = options.network?.onChange((connected) => (connected ? this.reconnect() : this.channel?.terminate()));
+    for (const [index, id] of backupIds.entries()) {
+      const link = this.addLink(id, backupUrls[index]!);
+      link.channel = this.connect(link);
+    }
+    const unsubscribe = options.network?.onChange((connected) => {
+      for (const link of this.links.values()) {
+        if (connected) this.reconnect(link);
+        else link.channel?.terminate();
+      }
+    });
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.done = this.machine.done.finally(() => {
       unsubscribe?.();
       this.ended = true;
       this.tap.end(`${options.vmId}'s primary on ${options.hostId} stopped`);
       clearInterval(this.ticker);
-      clearTimeout(this.cloneContactTimer);
-      this.contacted(false);
-      this.channel?.terminate();
+      for (const link of [...this.links.values()]) this.closeLink(link);
     });
   }
 
@@ -235,11 +287,15 @@ export class PrimaryDriver {
    * Live clone, first half (§3.1): snapshot the running guest and start recording for a new
    * backup from exactly that point. Records and outputs from here on wait in the core (bounded:
    * the vCPU stalls if the clone takes long) until `connectBackup` names where the backup
-   * listens. Only a primary running alone can clone.
+   * listens. A primary running alone can clone, and one with backups can add one more
+   * (`--backups N`); never during a contest, and one clone at a time.
    */
   beginClone(snapshotTimeoutMs: number): Promise<VmSnapshot> {
-    if (this.core.state !== "alone" || this.cloning) {
-      return Promise.reject(new LockstepError("CLONE_REFUSED", `${this.options.vmId} is ${this.cloning ? "cloning" : this.core.state}, not alone: it has a backup or is getting one`));
+    const state = this.core.state;
+    const full = this.core.backupIds.length >= this.core.config.backupsMax;
+    if ((state !== "alone" && state !== "paired") || this.cloning || this.cloneLink !== null || full) {
+      const why = this.cloning || this.cloneLink !== null ? "cloning" : full ? `at ${this.core.config.backupsMax} backups` : state;
+      return Promise.reject(new LockstepError("CLONE_REFUSED", `${this.options.vmId} is ${why}, not alone or paired: it is getting a backup or settling a generation`));
     }
     this.cloning = true;
     return new Promise((resolve, reject) => {
@@ -249,16 +305,19 @@ export class PrimaryDriver {
       }, snapshotTimeoutMs);
       this.machine.snapshot((snapshot) => {
         clearTimeout(timer);
-        // Too late, or the VM halted meanwhile: this snapshot starts nothing.
-        if (!this.cloning || this.core.state !== "alone") return;
+        // Too late, or the VM halted or began a contest meanwhile: this snapshot starts nothing.
+        if (!this.cloning || (this.core.state !== "alone" && this.core.state !== "paired")) return;
         this.cloning = false;
         // Synchronous with the snapshot's arrival: every record before snapshot.seq has been
         // appended, none after it, so the new backup's log starts exactly at the snapshot.
         assert(this.core.nextSeq === BigInt(snapshot.seq), "records up to the snapshot arrive before it");
-        this.core.pair();
+        const id = this.newBackupId();
+        this.core.pair(id);
         this.reportedState = "paired";
+        const link = this.addLink(id, null);
+        this.cloneLink = link;
         // The core does not count the silence of a backup that has not connected yet: bound it here.
-        this.cloneContactTimer = setTimeout(() => this.abandonClone("the new backup never connected"), CLONE_CONTACT_MS_MAX);
+        link.contactTimer = setTimeout(() => this.abandonClone("the new backup never connected"), CLONE_CONTACT_MS_MAX);
         this.log({ level: "info", msg: "clone snapshot taken", event: "cloneSnapshot", seq: snapshot.seq, icount: snapshot.icount, memoryBytes: snapshot.memory.length });
         this.pump();
         resolve(snapshot);
@@ -271,34 +330,43 @@ export class PrimaryDriver {
    * the logging channel to it is up (false if the clone was abandoned or the VM ended first).
    */
   connectBackup(backupUrl: string): Promise<boolean> {
-    assert(this.core.state !== "alone", "connectBackup follows beginClone");
-    if (this.core.state !== "paired" || this.ended) return Promise.resolve(false);
-    const connected = new Promise<boolean>((resolve) => (this.onBackupContact = resolve));
-    this.backupUrl = backupUrl;
-    const old = this.channel;
-    this.channel = this.connect(backupUrl);
-    old?.terminate();
+    const link = this.cloneLink;
+    assert(link !== null || this.core.state !== "alone", "connectBackup follows beginClone");
+    // The clone was abandoned, or dropped by a contest, or the VM ended.
+    if (link === null || this.ended || !this.links.has(link.id)) return Promise.resolve(false);
+    this.cloneLink = null;
+    const connected = new Promise<boolean>((resolve) => (link.onContact = resolve));
+    link.url = backupUrl;
+    link.channel = this.connect(link);
     return connected;
   }
 
   /**
-   * An operator removed the backup (a migration, §3.3): settle it at the arbiter now, as on a
+   * An operator removed a backup (a migration, §3.3): settle it at the arbiter now, as on a
    * failure, instead of holding output until the timeout. The removed backup was stopped
-   * first, so it cannot contend.
+   * first, so it cannot contend. `backup` names it: its id (status `backups[].id`), or its
+   * channel's endpoint or a prefix of it (its host's); without one, every backup is dropped
+   * (a VM with one backup).
    */
-  dropBackup(): void {
-    this.log({ level: "info", msg: "backup removed", event: "backupRemoved" });
-    this.core.backupLost();
+  dropBackup(backup?: string): void {
+    const links = [...this.links.values()].filter((link) => backup === undefined || link.id === backup || (link.url?.startsWith(backup) ?? false));
+    this.log({ level: "info", msg: "backup removed", event: "backupRemoved", count: links.length });
+    if (backup === undefined) this.core.backupLost();
+    else for (const link of links) this.core.backupLost(link.id);
     this.pump();
   }
 
   /** The clone failed before its backup connected: declare it lost now rather than at the timeout. */
   abandonClone(reason: string): void {
-    clearTimeout(this.cloneContactTimer);
-    this.contacted(false);
-    if (this.core.state !== "paired" || this.channel?.open === true) return;
+    const link = [...this.links.values()].find((l) => l.contactTimer !== undefined || l === this.cloneLink);
+    if (link === undefined) return;
+    clearTimeout(link.contactTimer);
+    link.contactTimer = undefined;
+    if (this.cloneLink === link) this.cloneLink = null;
+    this.contacted(link, false);
+    if (link.channel?.open === true || !this.core.backupIds.includes(link.id)) return;
     this.log({ level: "warn", msg: "clone abandoned", event: "cloneFailed", reason });
-    this.core.backupLost();
+    this.core.backupLost(link.id);
     this.pump();
   }
 
@@ -350,12 +418,30 @@ export class PrimaryDriver {
   crash(): void {
     this.ended = true;
     clearInterval(this.ticker);
-    this.channel?.terminate();
+    for (const link of this.links.values()) link.channel?.terminate();
     this.machine.kill();
   }
 
   status(): PrimaryStatus {
     const position = this.core.position();
+    const nowMs = performance.now();
+    const recording = this.core.state === "paired" || this.core.state === "renewing";
+    const backups = this.core.backupProgress().map((progress): PrimaryBackupStatus => {
+      const link = this.links.get(progress.id);
+      return {
+        id: progress.id,
+        url: link?.url ?? null,
+        channelOpen: link?.channel?.open ?? false,
+        generation: progress.generation,
+        ackedSeq: progress.ackedSeq,
+        sentSeq: progress.sentSeq,
+        replayedSeq: progress.replayedSeq,
+        lagIcount: progress.lagIcount,
+        lagMs: recording ? this.lag.lagMs(this.icount - progress.lagIcount, nowMs) : 0,
+        silenceMsMax: link?.silence.longestMs ?? 0,
+      };
+    });
+    const channels = [...this.links.values()].map((link) => link.channel).filter((channel) => channel !== null);
     return {
       role: "primary",
       state: this.core.state,
@@ -365,17 +451,18 @@ export class PrimaryDriver {
       sentSeq: position.sentSeq,
       ackedSeq: position.ackedSeq,
       lagIcount: this.lagIcountNow,
-      lagMs: this.core.state === "paired" ? this.lag.lagMs(this.icount - this.lagIcountNow, performance.now()) : 0,
+      lagMs: recording ? this.lag.lagMs(this.icount - this.lagIcountNow, nowMs) : 0,
       heldOutputs: this.held.size,
       cpuShare: this.cpuShare,
       paused: this.core.guestPaused,
-      channelOpen: this.channel?.open ?? false,
-      silenceMsMax: this.silence.longestMs,
-      logBytesSent: this.bytesSentBefore + (this.channel?.bytesSent ?? 0),
-      logWireBytesSent: this.wireBytesSentBefore + (this.channel?.wireBytesSent ?? 0),
-      logCompression: this.channel?.compressed ?? false,
+      channelOpen: backups.length > 0 && backups.every((backup) => backup.channelOpen),
+      silenceMsMax: Math.max(this.silenceMsMaxBefore, ...backups.map((backup) => backup.silenceMsMax)),
+      logBytesSent: this.bytesSentBefore + channels.reduce((sum, channel) => sum + channel.bytesSent, 0),
+      logWireBytesSent: this.wireBytesSentBefore + channels.reduce((sum, channel) => sum + channel.wireBytesSent, 0),
+      logCompression: channels.at(-1)?.compressed ?? this.lastCompressed,
       outputHoldMsP50: this.holdPercentile(0.5),
       outputHoldMsP99: this.holdPercentile(0.99),
+      backups,
     };
   }
 
@@ -393,7 +480,7 @@ export class PrimaryDriver {
     // This process did not run for a whole timeout (SIGSTOP, a VM pause, swapping): the backup
     // may have declared us dead and gone live meanwhile. Acks still queued in the socket must
     // not release anything now; settle it at the arbiter instead (§2.3).
-    if (sinceMs >= this.core.config.timeoutTicks * TICK_MS && this.core.state === "paired") {
+    if (sinceMs >= this.core.config.timeoutTicks * TICK_MS && (this.core.state === "paired" || this.core.state === "renewing")) {
       this.log({ level: "warn", msg: "this host was suspended past the timeout", event: "suspended", suspendedMs: Math.round(sinceMs) });
       this.core.backupLost();
     }
@@ -407,53 +494,85 @@ export class PrimaryDriver {
     this.pump();
   }
 
-  private reconnect(): void {
-    if (this.ended || this.core.state !== "paired" || this.backupUrl === null || this.channel?.open === true) return;
+  private reconnect(link: BackupLink): void {
+    if (this.ended || this.links.get(link.id) !== link || link.url === null || link.channel?.open === true) return;
+    if (this.core.state !== "paired" && this.core.state !== "renewing") return;
     if (this.options.network?.connected === false) return;
-    this.channel = this.connect(this.backupUrl);
+    link.channel = this.connect(link);
   }
 
-  private contacted(connected: boolean): void {
-    this.onBackupContact?.(connected);
-    this.onBackupContact = null;
+  private newBackupId(): BackupId {
+    return `b${this.nextBackupNumber++}`;
   }
 
-  private connect(url: string): Channel {
-    if (this.channel !== null) {
-      this.bytesSentBefore += this.channel.bytesSent;
-      this.wireBytesSentBefore += this.channel.wireBytesSent;
-    }
-    // Events of a connection this driver has replaced (a reconnect, a new backup) are ignored:
-    // only the current channel may change the core's view of the link.
+  private addLink(id: BackupId, url: string | null): BackupLink {
+    const link: BackupLink = { id, url, channel: null, silence: new SilenceMeter(), onContact: null, contactTimer: undefined };
+    this.links.set(id, link);
+    return link;
+  }
+
+  /** The backup is no longer this VM's (dropped, or the VM stopped): its channel goes for good. */
+  private closeLink(link: BackupLink): void {
+    clearTimeout(link.contactTimer);
+    link.contactTimer = undefined;
+    this.contacted(link, false);
+    if (this.cloneLink === link) this.cloneLink = null;
+    this.links.delete(link.id);
+    this.retire(link.channel);
+    this.silenceMsMaxBefore = Math.max(this.silenceMsMaxBefore, link.silence.longestMs);
+    link.channel?.terminate();
+  }
+
+  /** Counts a connection's bytes among the earlier ones' before it is replaced or closed. */
+  private retire(channel: Channel | null): void {
+    if (channel === null) return;
+    this.bytesSentBefore += channel.bytesSent;
+    this.wireBytesSentBefore += channel.wireBytesSent;
+    this.lastCompressed = channel.compressed;
+  }
+
+  private contacted(link: BackupLink, connected: boolean): void {
+    link.onContact?.(connected);
+    link.onContact = null;
+  }
+
+  private connect(link: BackupLink): Channel {
+    assert(link.url !== null, "a backup's channel needs its endpoint");
+    this.retire(link.channel);
+    // Events of a connection this driver has replaced (a reconnect) or closed (a dropped
+    // backup) are ignored: only a backup's current channel may change the core's view of it.
+    const current = () => this.links.get(link.id) === link && link.channel === channel;
     const channel: Channel = connectChannel(
-      url,
+      link.url,
       {
         open: () => {
-          if (channel !== this.channel) return;
-          clearTimeout(this.cloneContactTimer);
-          this.contacted(true);
-          this.core.channelUp();
-          this.silence.connected(performance.now());
+          if (!current()) return;
+          clearTimeout(link.contactTimer);
+          link.contactTimer = undefined;
+          this.contacted(link, true);
+          this.core.channelUp(link.id);
+          link.silence.connected(performance.now());
           this.pump();
         },
         message: (message) => {
-          if (channel !== this.channel) return;
-          if (this.core.state === "paired") this.silence.heard(performance.now());
-          else this.silence.stop();
-          this.core.receive(message as BackupToPrimary);
+          if (!current()) return;
+          const state = this.core.state;
+          if (state === "paired" || state === "renewing") link.silence.heard(performance.now());
+          else link.silence.stop();
+          this.core.receive(message as BackupToPrimary, link.id);
           this.pump();
         },
         close: (reason) => {
-          if (channel !== this.channel) return;
-          this.log({ level: "info", msg: "logging channel down", reason });
-          this.core.channelDown();
+          if (!current()) return;
+          this.log({ level: "info", msg: "logging channel down", backup: link.id, reason });
+          this.core.channelDown(link.id);
           this.pump();
           // A dropped connection is not a failure by itself: the timeout decides (§2.3). Until
           // then, try again; the core resends whatever is unacknowledged.
-          if (!this.ended && this.core.state === "paired") setTimeout(() => this.reconnect(), RECONNECT_MS);
+          if (!this.ended) setTimeout(() => this.reconnect(link), RECONNECT_MS);
         },
       },
-      (line) => this.log(line),
+      (line) => this.log({ ...line, backup: link.id }),
       this.options.logCompression,
     );
     return channel;
@@ -474,21 +593,23 @@ export class PrimaryDriver {
       this.machine.setCpuShare(ready.cpuShare);
       this.log({ level: "info", msg: "cpu share", cpuShare: ready.cpuShare, lagIcount: ready.lagIcount });
     }
-    for (const message of ready.messages) {
-      const channel = this.channel;
+    for (const { to, message } of ready.messages) {
+      const channel = this.links.get(to)?.channel ?? null;
       const send = () => channel?.send(message.t === "hello" && this.options.token ? { ...message, token: this.options.token } : message);
       if (message.t === "entries" && failpoint("release-before-ack")) setTimeout(send, FAILPOINT_LOG_DELAY_MS);
       else send();
     }
-    if (this.core.state === "goingAlone" && this.reportedState === "paired") {
-      this.log({ level: "warn", msg: "backup failure detected", event: "failureDetected", peer: "backup" });
+    const settling = this.core.state === "goingAlone" || this.core.state === "renewing";
+    if (settling && this.reportedState === "paired") {
+      this.log({ level: "warn", msg: "backup failure detected", event: "failureDetected", peer: "backup", dropped: ready.dropped.length, kept: this.core.backupIds.length });
     }
     this.reportedState = this.core.state;
     if (ready.goAlone) {
       this.log({ level: "warn", msg: "backup lost: running alone", event: "wentAlone", newGeneration: ready.goAlone.generation });
-      // That backup is gone for good: a later clone names a new one (connectBackup).
-      this.backupUrl = null;
-      this.channel?.terminate();
+    }
+    if (ready.renewed) {
+      const backups = this.core.backupIds.length;
+      this.log({ level: "warn", msg: `renewed with ${backups} backup${backups === 1 ? "" : "s"}`, event: "renewed", newGeneration: ready.renewed.generation, backups });
     }
     for (const id of ready.release) {
       const output = this.held.get(id)!;
@@ -497,6 +618,12 @@ export class PrimaryDriver {
       const heldMs = performance.now() - output.heldSinceMs;
       this.holdMs[this.holdCount++ % HOLD_SAMPLES] = heldMs;
       this.options.onRelease?.(output.seq, heldMs);
+    }
+    for (const id of ready.dropped) {
+      // Gone for good: a later clone is a new backup with a new id and channel.
+      const link = this.links.get(id);
+      this.log({ level: "warn", msg: "backup dropped", event: "backupDropped", backup: id, url: link?.url ?? null });
+      if (link !== undefined) this.closeLink(link);
     }
     if (ready.testAndSet) {
       void this.options.arbiter.testAndSet(ready.testAndSet).then((result) => {
@@ -508,7 +635,7 @@ export class PrimaryDriver {
     if (ready.halt) {
       this.log({ level: "warn", msg: "halted", event: "halted", reason: ready.halt });
       this.held.clear();
-      this.channel?.terminate();
+      for (const link of this.links.values()) link.channel?.terminate();
       this.machine.stop();
     }
   }

@@ -4,29 +4,46 @@
 // `ready()` and performs what the returned PrimaryReady says, in the order documented there.
 // This is etcd raft's Node/Ready shape; it is what lets test/ft simulate the protocol.
 //
+// A primary records for one backup or several (`--backups N`, docs/ft-protocol.md "More than
+// one backup"); each has its own progress (acked, sent, window, replayed: etcd raft's
+// Progress), and every rule below reads "every backup" where the paper says "the backup".
+//
 // States and transitions (asserted in `become`):
 //
-//   paired ──timeout / backupLost──▶ goingAlone ──won──▶ alone ──pair()──▶ paired
-//     │                                 │  └──lost──▶ halted
+//   paired ──some backups lost──▶ renewing ──won──▶ paired
+//     │  ▲                           └──lost──▶ halted
+//     │  └──────pair()──────┐
+//     ├──all backups lost──▶ goingAlone ──won──▶ alone
+//     │                         └──lost──▶ halted
 //     └──superseded / power-off acked──▶ halted ◀──superseded / power-off── alone
 //
-// - paired: recording for a backup. Records go out as `entries`; an output leaves only once
-//   the backup has acknowledged every record before it (the Output Rule, §2.2). The VM runs on
-//   meanwhile; only outputs wait.
-// - goingAlone: the backup is declared dead (no message for timeoutTicks, or the driver says
-//   so). The primary must WIN the test-and-set of generation + 1 before it releases anything:
-//   on a partition where both sides are up, the backup is contending for the same register,
-//   and if both went live without it they would both emit output (split brain). Whoever wins
-//   runs as generation + 1; the loser halts (§2.3, and the FAQ: the arbiter is used in both
-//   directions). While the arbiter is unreachable the primary retries with a capped backoff
-//   and keeps holding output; the VM keeps running (outputs queue, then `stall`). Once the
-//   primary has declared the backup dead it stops sending and stops counting acks: the
-//   decision is the register's now, and any ack that arrives is ignored.
+// - paired: recording for its backups. Records go out to each as `entries`; an output leaves
+//   only once EVERY backup has acknowledged every record before it (the Output Rule, §2.2):
+//   any one of them may be the one that goes live. The VM runs on meanwhile; only outputs wait.
+// - renewing: some backups are declared dead (no message for timeoutTicks, or the driver says
+//   so), others are not. The primary cannot wait for a dead backup forever, nor just forget
+//   it: a backup that is only cut off may be contending for generation + 1 right now, and it
+//   lacks what the others acknowledged since. So the primary contends for generation + 1 too,
+//   telling the backups it keeps (`renew`) that they stay its backups there; it releases
+//   nothing until it has won. Won: it runs generation + 1 with the backups it kept, and the
+//   dropped ones can never go live (they would need generation + 1). Lost: the dropped
+//   backup is live; halt. The set kept is fixed when the contest starts (a kept backup may
+//   have recorded the renew): one that falls silent meanwhile is dropped by the next contest,
+//   right after this one is won.
+// - goingAlone: every backup is declared dead. The same contest, keeping nobody (§2.3, and
+//   the FAQ: the arbiter is used in both directions). While the arbiter is unreachable the
+//   primary retries with a capped backoff and keeps holding output; the VM keeps running
+//   (outputs queue, then `stall`). Acks that arrive meanwhile are ignored: the register decides.
 // - alone: live without a backup, generation + 1; outputs leave at once, nothing is logged to
-//   anyone. `pair()` starts recording for a new backup cloned at the current position (§3.1).
+//   anyone. `pair()` starts recording for a new backup cloned at the current position (§3.1);
+//   so does `pair()` while paired, for one more backup.
 // - halted: final. Lost the test-and-set, learned that a higher generation is live (a stale
 //   primary, paused past the timeout: it could not release anything meanwhile, because no
 //   backup acknowledged its records), or the VM was powered off / ended.
+//
+// Within one generation the set of backups only grows (pair()); removing one always takes
+// winning the next generation. That is what makes "a backup of generation G holds every
+// output released in G" true of every backup that can ever contend for G + 1.
 //
 // After `halted`, every input is ignored: the vCPU may still deliver a few records and
 // outputs that were in flight when the driver stopped it.
@@ -35,33 +52,49 @@ import { encodedRecordBytes } from "../../protocol/codec.js";
 import { ControlKind, type LogRecord, RecordKind } from "../../protocol/records.js";
 import { assert } from "../errors.js";
 import { type HaltReason, isTerminal, type ProtocolError, READY_ERRORS_MAX, take } from "./common.js";
-import { type PrimaryConfig, primaryConfig, type PrimaryOptions } from "./config.js";
+import { type PrimaryConfig, primaryConfig, type PrimaryOptions, SOLE_BACKUP } from "./config.js";
 import type { BackupToPrimary, PrimaryToBackup, TestAndSetRequest, TestAndSetResult } from "./messages.js";
 import { BoundedQueue } from "./queue.js";
 import { TestAndSetClient } from "./tas.js";
 
-export type PrimaryState = "paired" | "goingAlone" | "alone" | "halted";
+export type PrimaryState = "paired" | "renewing" | "goingAlone" | "alone" | "halted";
+
+/** How the driver names a backup: messages go to it, acks come from it. Unique per pairing. */
+export type BackupId = string;
+
+/** A message for one backup's logging channel. */
+export interface Outgoing {
+  to: BackupId;
+  message: PrimaryToBackup;
+}
 
 /**
  * What the driver must do now. Perform the fields in this order:
  *
  * 1. `stall`, `cpuShare`: levels, not edges; apply them to the vCPU at once.
- * 2. `messages`: send on the logging channel, in order. Records are not copied: encode them
- *    before the vCPU could reuse anything they reference.
- * 3. `goAlone`: the primary won the test-and-set and is now generation `goAlone.generation`:
- *    stop sending to the old backup and use the new generation from here on. Do this before
- *    step 4: the outputs in this Ready's `release` are released by that win.
+ * 2. `messages`: send each on its backup's logging channel, in order. Records are not copied:
+ *    encode them before the vCPU could reuse anything they reference.
+ * 3. `goAlone` / `renewed`: the primary won the test-and-set and is now that generation, with
+ *    no backup left (`goAlone`) or with the backups it kept (`renewed`): use the new
+ *    generation from here on. Do this before step 4: the outputs in this Ready's `release`
+ *    are released by that win.
  * 4. `release`: output ids that may now leave, in the order they were registered. Outputs are
- *    released by an ack or by winning the test-and-set, never by time; releasing one is
- *    irrevocable, so a driver that has not performed them must not drop them.
- * 5. `testAndSet`: issue this request to the arbiter and report its one answer with
+ *    released by acks or by winning the test-and-set, never by time; releasing one is
+ *    irrevocable, so a driver that has not performed them must not drop them. They were
+ *    earned with the backups before this Ready's `dropped` went (a backup may be dropped by
+ *    the contest that starts right after the win that released them).
+ * 5. `dropped`: these backups are no longer this VM's: close their channels and never connect
+ *    to them again (a message of a newer generation must never reach them). No message of
+ *    this Ready is for them.
+ * 6. `testAndSet`: issue this request to the arbiter and report its one answer with
  *    `testAndSetResult` (a driver-side timeout answers "unreachable"). At most one is ever
  *    outstanding.
- * 6. `halt`: final. Stop the vCPU; drop every output still held (never send them). Outputs in
+ * 7. `halt`: final. Stop the vCPU; drop every output still held (never send them). Outputs in
  *    `release` of the same Ready were acknowledged before the halt and may still be sent.
  */
 export interface PrimaryReady {
-  messages: readonly PrimaryToBackup[];
+  messages: readonly Outgoing[];
+  dropped: readonly BackupId[];
   release: readonly number[];
   /** The log buffer or the held outputs are full: the vCPU must stop until this clears. */
   stall: boolean;
@@ -69,8 +102,9 @@ export interface PrimaryReady {
   cpuShare: number;
   testAndSet: TestAndSetRequest | null;
   goAlone: { generation: number } | null;
+  renewed: { generation: number } | null;
   halt: HaltReason | null;
-  /** Figures, for the dashboard and the driver's lag-in-ms estimate. */
+  /** Figures, for the dashboard and the driver's lag-in-ms estimate: the worst backup's lag. */
   lagIcount: bigint;
   unackedRecords: number;
   unackedBytes: number;
@@ -78,12 +112,68 @@ export interface PrimaryReady {
   errors: readonly ProtocolError[];
 }
 
+/** One backup's progress, for status figures. Every seq is an exclusive bound. */
+export interface BackupProgress {
+  id: BackupId;
+  ackedSeq: bigint;
+  sentSeq: bigint;
+  windowEndSeq: bigint;
+  replayedSeq: bigint;
+  replayedIcount: bigint;
+  /** The primary's icount minus this backup's replayed icount (0 if ahead). */
+  lagIcount: bigint;
+  /** The generation this backup's messages carried last: it lags the primary's after a renewal. */
+  generation: number;
+  connected: boolean;
+  /** Declared dead while the primary was renewing: dropped once that contest is won. */
+  lost: boolean;
+}
+
 const TRANSITIONS: Record<PrimaryState, readonly PrimaryState[]> = {
-  paired: ["goingAlone", "halted"],
+  paired: ["renewing", "goingAlone", "halted"],
+  renewing: ["paired", "halted"],
   goingAlone: ["alone", "halted"],
   alone: ["paired", "halted"],
   halted: [],
 };
+
+/** A backup as the primary sees it (etcd raft's Progress). */
+interface Backup {
+  readonly id: BackupId;
+  /** Where recording for this backup began: no ack of its can be below it. */
+  readonly startSeq: bigint;
+  /** The generation it was paired in: it never speaks an older one (guards a reused id). */
+  readonly pairedGeneration: number;
+  /** It holds every record < ackedSeq. */
+  ackedSeq: bigint;
+  /** Records < sentSeq have been handed to the driver to send on this connection. */
+  sentSeq: bigint;
+  /** It accepts records < windowEndSeq (largest advertised). */
+  windowEndSeq: bigint;
+  replayedSeq: bigint;
+  replayedIcount: bigint;
+  /** The highest generation its messages carried. Below the primary's: it needs a renew. */
+  generationSeen: number;
+  connected: boolean;
+  /** The channel has been up at least once: a close means something. */
+  everConnected: boolean;
+  /**
+   * False from pair() until its channel first comes up: a clone's snapshot is in transit
+   * meanwhile, and its silence is no failure. The driver bounds that wait itself
+   * (backupLost). A backup the primary starts with counts silence from the start.
+   */
+  contacted: boolean;
+  /** Ticks since the channel closed, while it stays closed (reconnectGraceTicks). */
+  disconnectedTicks: number;
+  silenceTicks: number;
+  idleTicks: number;
+  sinceAckProgressTicks: number;
+  helloDue: boolean;
+  heartbeatDue: boolean;
+  renewDue: boolean;
+  /** Declared dead during a contest: still a backup of the contested generation, dropped next. */
+  lost: boolean;
+}
 
 export class PrimaryCore {
   readonly config: PrimaryConfig;
@@ -96,14 +186,8 @@ export class PrimaryCore {
   private appendedSeq: bigint;
   /** icount of the last record appended: the primary's position for lag. */
   private appendedIcount: bigint;
-  /** The backup holds every record < ackedSeq. */
+  /** EVERY backup holds every record < ackedSeq: the minimum of their acks. */
   private ackedSeq: bigint;
-  /** Records < sentSeq have been handed to the driver to send on this connection. */
-  private sentSeq: bigint;
-  /** The backup accepts records < windowEndSeq (largest advertised). */
-  private windowEndSeq: bigint;
-  /** Where recording for the current backup began: no ack can be below it. */
-  private pairSeq: bigint;
   /** Records [ackedSeq, appendedSeq) and their encoded sizes: the log buffer (§3.2). */
   private readonly buffer: BoundedQueue<LogRecord>;
   private readonly bufferSizes: BoundedQueue<number>;
@@ -114,48 +198,32 @@ export class PrimaryCore {
   /** The last Pause/Resume control appended was a Pause (unknown before startSeq: false). */
   private guestPausedNow = false;
 
+  /** The backups, in pairing order; at most backupsMax. Empty when alone or going alone. */
+  private readonly backups = new Map<BackupId, Backup>();
+
   // Outputs held under the Output Rule, in registration order (their seqs never decrease).
   private readonly heldIds: BoundedQueue<number>;
   private readonly heldSeqs: BoundedQueue<bigint>;
   private lastOutputSeq: bigint;
 
-  // The backup's replay position, for lag.
-  private replayedSeq: bigint;
-  private replayedIcount: bigint;
   private cpuSharePermille = 1000;
-
-  // Logical time.
-  private silenceTicks = 0;
-  private idleTicks = 0;
-  private sinceAckProgressTicks = 0;
   private lagTicks = 0;
-  private connected = false;
-  /**
-   * False from pair() until the new backup's channel first comes up: a clone's snapshot is in
-   * transit meanwhile, and its silence is no failure. The driver bounds that wait itself
-   * (backupLost). A primary that starts paired counts silence from the start.
-   */
-  private contactedSincePair = true;
-  /** Ticks since the channel closed, while it stays closed (reconnectGraceTicks). */
-  private disconnectedTicks = 0;
-  /** The channel to the current backup has been up at least once: a close means something. */
-  private everConnected = false;
-  private helloDue = false;
-  private heartbeatDue = false;
 
-  /** A fresh client per contention: a primary may pair again and contend for a later generation. */
+  /** A fresh client per contest: a primary contends again for each later generation. */
   private tas: TestAndSetClient;
 
   // What the next Ready reports.
-  private pendingMessages: PrimaryToBackup[] = [];
+  private pendingMessages: Outgoing[] = [];
+  private pendingDropped: BackupId[] = [];
   private pendingRelease: number[] = [];
   private pendingTas: TestAndSetRequest | null = null;
   private pendingGoAlone: { generation: number } | null = null;
+  private pendingRenewed: { generation: number } | null = null;
   private pendingHalt: HaltReason | null = null;
   private pendingErrors: ProtocolError[] = [];
 
   /** Counters, for tests and the dashboard. */
-  readonly stats = { retransmits: 0, protocolErrors: 0, recordsSent: 0, outputsReleased: 0 };
+  readonly stats = { retransmits: 0, protocolErrors: 0, recordsSent: 0, outputsReleased: 0, renewals: 0 };
 
   constructor(config: PrimaryOptions) {
     this.config = primaryConfig(config);
@@ -165,17 +233,14 @@ export class PrimaryCore {
     this.appendedSeq = c.startSeq;
     this.appendedIcount = c.startIcount;
     this.ackedSeq = c.startSeq;
-    this.pairSeq = c.startSeq;
-    this.sentSeq = c.startSeq;
-    this.windowEndSeq = c.startSeq;
     this.lastOutputSeq = c.startSeq;
-    this.replayedSeq = c.startSeq;
-    this.replayedIcount = c.startIcount;
     this.buffer = new BoundedQueue(c.bufferRecordsMax + c.stallSlackRecords, "primary log buffer");
     this.bufferSizes = new BoundedQueue(c.bufferRecordsMax + c.stallSlackRecords, "primary log buffer sizes");
     this.heldIds = new BoundedQueue(c.heldOutputsMax + c.heldOutputsSlack, "held outputs");
     this.heldSeqs = new BoundedQueue(c.heldOutputsMax + c.heldOutputsSlack, "held output seqs");
     this.tas = new TestAndSetClient(c.tasRetryMinTicks, c.tasRetryMaxTicks);
+    // Backups it starts with were started with it: their silence counts from the start.
+    if (c.mode === "paired") for (const id of c.backups) this.addBackup(id, true);
   }
 
   get state(): PrimaryState {
@@ -200,15 +265,47 @@ export class PrimaryCore {
     return this.appendedSeq;
   }
 
-  /** Where the log stands; every value is an exclusive bound (docs/ft-protocol.md). */
+  /** The backups' ids, in pairing order (kept ones only, while renewing). */
+  get backupIds(): BackupId[] {
+    return [...this.backups.keys()];
+  }
+
+  /**
+   * Where the log stands; every value is an exclusive bound (docs/ft-protocol.md). With several
+   * backups each is the minimum over them: what every backup has.
+   */
   position(): { appendedSeq: bigint; ackedSeq: bigint; sentSeq: bigint; windowEndSeq: bigint; replayedSeq: bigint } {
+    let sentSeq: bigint | null = null;
+    let windowEndSeq: bigint | null = null;
+    let replayedSeq: bigint | null = null;
+    for (const backup of this.backups.values()) {
+      if (sentSeq === null || backup.sentSeq < sentSeq) sentSeq = backup.sentSeq;
+      if (windowEndSeq === null || backup.windowEndSeq < windowEndSeq) windowEndSeq = backup.windowEndSeq;
+      if (replayedSeq === null || backup.replayedSeq < replayedSeq) replayedSeq = backup.replayedSeq;
+    }
     return {
       appendedSeq: this.appendedSeq,
       ackedSeq: this.ackedSeq,
-      sentSeq: this.sentSeq,
-      windowEndSeq: this.windowEndSeq,
-      replayedSeq: this.replayedSeq,
+      sentSeq: sentSeq ?? this.ackedSeq,
+      windowEndSeq: windowEndSeq ?? this.ackedSeq,
+      replayedSeq: replayedSeq ?? this.ackedSeq,
     };
+  }
+
+  /** Each backup's progress, in pairing order (status figures). */
+  backupProgress(): BackupProgress[] {
+    return [...this.backups.values()].map((backup) => ({
+      id: backup.id,
+      ackedSeq: backup.ackedSeq,
+      sentSeq: backup.sentSeq,
+      windowEndSeq: backup.windowEndSeq,
+      replayedSeq: backup.replayedSeq,
+      replayedIcount: backup.replayedIcount,
+      lagIcount: this.appendedIcount > backup.replayedIcount ? this.appendedIcount - backup.replayedIcount : 0n,
+      generation: backup.generationSeen,
+      connected: backup.connected,
+      lost: backup.lost,
+    }));
   }
 
   // ---- inputs from the vCPU -----------------------------------------------------------------
@@ -221,11 +318,12 @@ export class PrimaryCore {
   append(records: readonly LogRecord[]): void {
     if (this.stateNow === "halted") return;
     const c = this.config;
+    const recording = this.recording;
     for (const record of records) {
       assert(this.terminalSeq === null, "no record after a PowerOff or End record");
       assert(record.seq === this.appendedSeq, `append: seq ${record.seq} continues at ${this.appendedSeq}`);
       assert(record.icount >= this.appendedIcount, "append: icount never decreases");
-      if (this.stateNow === "paired") {
+      if (recording) {
         // Checked before anything changes, so that a failed assertion leaves the core as it was.
         const bytes = encodedRecordBytes(record);
         assert(bytes <= c.recordBytesMax, `append: record of ${bytes} bytes ≤ recordBytesMax`);
@@ -266,25 +364,35 @@ export class PrimaryCore {
     this.heldSeqs.push(seq);
   }
 
-  // ---- inputs from the channel --------------------------------------------------------------
+  // ---- inputs from the channels -------------------------------------------------------------
+  //
+  // `backup` names the channel's backup; it may be left out while there is at most one. Events
+  // of a backup this primary does not have (dropped, or never paired) are ignored: a driver may
+  // still deliver what was in flight on a channel it is closing.
 
-  /** The logging channel is connected (again): everything unacknowledged is resent. */
-  channelUp(): void {
-    this.connected = true;
-    this.everConnected = true;
-    this.disconnectedTicks = 0;
-    this.contactedSincePair = true;
-    this.helloDue = true;
-    this.sentSeq = this.ackedSeq;
+  /** The backup's logging channel is connected (again): everything unacknowledged is resent. */
+  channelUp(backup?: BackupId): void {
+    const b = this.backup(backup);
+    if (b === undefined) return;
+    b.connected = true;
+    b.everConnected = true;
+    b.disconnectedTicks = 0;
+    b.contacted = true;
+    b.helloDue = true;
+    // A renew sent on the old connection may have been lost with it.
+    b.renewDue = true;
+    b.sentSeq = b.ackedSeq;
   }
 
-  /** The logging channel dropped. Not a failure by itself: the timeout decides. */
-  channelDown(): void {
-    this.connected = false;
-    this.sentSeq = this.ackedSeq;
+  /** The backup's logging channel dropped. Not a failure by itself: the timeout decides. */
+  channelDown(backup?: BackupId): void {
+    const b = this.backup(backup);
+    if (b === undefined) return;
+    b.connected = false;
+    b.sentSeq = b.ackedSeq;
   }
 
-  receive(message: BackupToPrimary): void {
+  receive(message: BackupToPrimary, backup?: BackupId): void {
     if (this.stateNow === "halted") return;
     if (message.vmId !== this.config.vmId) {
       this.error("WRONG_VM", `message for VM ${message.vmId}`);
@@ -294,49 +402,70 @@ export class PrimaryCore {
       this.halt("superseded");
       return;
     }
-    // Stale, or a backup we no longer listen to (goingAlone) or no longer have (alone).
-    if (message.generation < this.generationNow || this.stateNow !== "paired") return;
+    // A backup we no longer have (going alone: we no longer listen), or one not yet renewed:
+    // its older generation is fine (its ack is as true as ever), below its pairing is not ours.
+    const b = this.backup(backup);
+    if (b === undefined || !this.recording || message.generation < b.pairedGeneration) return;
     if (message.t === "hello") {
-      if (message.role !== "backup") this.error("WRONG_ROLE", `hello from a ${message.role}`);
-      else this.silenceTicks = 0;
+      if (message.role !== "backup") {
+        this.error("WRONG_ROLE", `hello from a ${message.role}`);
+        return;
+      }
+      b.silenceTicks = 0;
+      if (message.generation > b.generationSeen) b.generationSeen = message.generation;
       return;
     }
-    this.onAck(message);
+    this.onAck(b, message);
   }
 
-  private onAck(ack: Extract<BackupToPrimary, { t: "ack" }>): void {
-    if (ack.ackSeq > this.appendedSeq || ack.replayedSeq > ack.ackSeq || ack.ackSeq < this.pairSeq) {
+  private onAck(b: Backup, ack: Extract<BackupToPrimary, { t: "ack" }>): void {
+    if (ack.ackSeq > this.appendedSeq || ack.replayedSeq > ack.ackSeq || ack.ackSeq < b.startSeq) {
       this.error("BAD_ACK", `ack ${ack.ackSeq} replayed ${ack.replayedSeq} with ${this.appendedSeq} appended`);
       return;
     }
-    this.silenceTicks = 0;
-    if (ack.windowEndSeq > this.windowEndSeq) this.windowEndSeq = ack.windowEndSeq;
-    if (ack.replayedSeq > this.replayedSeq) {
-      this.replayedSeq = ack.replayedSeq;
-      this.replayedIcount = ack.replayedIcount;
+    b.silenceTicks = 0;
+    if (ack.generation > b.generationSeen) b.generationSeen = ack.generation;
+    if (ack.windowEndSeq > b.windowEndSeq) b.windowEndSeq = ack.windowEndSeq;
+    if (ack.replayedSeq > b.replayedSeq) {
+      b.replayedSeq = ack.replayedSeq;
+      b.replayedIcount = ack.replayedIcount;
     }
-    if (ack.ackSeq > this.ackedSeq) {
-      while (this.ackedSeq < ack.ackSeq) {
-        this.buffer.shift();
-        this.bufferBytes -= this.bufferSizes.shift();
-        this.ackedSeq++;
-      }
-      if (this.sentSeq < this.ackedSeq) this.sentSeq = this.ackedSeq;
-      this.sinceAckProgressTicks = 0;
-      while (this.heldSeqs.length > 0 && this.heldSeqs.at(0) <= this.ackedSeq) {
-        this.heldSeqs.shift();
-        this.release(this.heldIds.shift());
-      }
-      if (this.terminalSeq !== null && this.ackedSeq >= this.terminalSeq) {
-        // The backup holds the PowerOff/End record: it will stop rather than go live (§3.3).
-        this.halt(this.terminalReason!);
-        return;
-      }
+    if (ack.ackSeq > b.ackedSeq) {
+      b.ackedSeq = ack.ackSeq;
+      if (b.sentSeq < b.ackedSeq) b.sentSeq = b.ackedSeq;
+      b.sinceAckProgressTicks = 0;
+      this.advance();
+      if (this.stateNow === "halted") return;
     }
-    if (ack.resend && ack.ackSeq === this.ackedSeq && this.sentSeq > this.ackedSeq) {
+    if (ack.resend && ack.ackSeq === b.ackedSeq && b.sentSeq > b.ackedSeq) {
       // A gap at the backup: go back to the first record it lacks.
-      this.sentSeq = this.ackedSeq;
+      b.sentSeq = b.ackedSeq;
       this.stats.retransmits++;
+    }
+  }
+
+  /**
+   * The minimum ack moved (an ack, or a backup dropped): trim the buffer to it and, while
+   * paired, release what it covers. While renewing nothing leaves: the register decides first.
+   */
+  private advance(): void {
+    let min: bigint | null = null;
+    for (const backup of this.backups.values()) if (min === null || backup.ackedSeq < min) min = backup.ackedSeq;
+    if (min === null) return;
+    // Bounded: at most a buffer's worth of records.
+    while (this.ackedSeq < min) {
+      this.buffer.shift();
+      this.bufferBytes -= this.bufferSizes.shift();
+      this.ackedSeq++;
+    }
+    if (this.stateNow !== "paired") return;
+    while (this.heldSeqs.length > 0 && this.heldSeqs.at(0) <= this.ackedSeq) {
+      this.heldSeqs.shift();
+      this.release(this.heldIds.shift());
+    }
+    if (this.terminalSeq !== null && this.ackedSeq >= this.terminalSeq) {
+      // Every backup holds the PowerOff/End record: each will stop rather than go live (§3.3).
+      this.halt(this.terminalReason!);
     }
   }
 
@@ -354,27 +483,49 @@ export class PrimaryCore {
         if (retry !== null) this.pendingTas = retry;
         return;
       }
+      case "renewing": {
+        const retry = this.tas.tick();
+        if (retry !== null) this.pendingTas = retry;
+        break;
+      }
       case "paired":
         break;
     }
-    if (!this.connected && this.everConnected && c.reconnectGraceTicks > 0 && ++this.disconnectedTicks >= c.reconnectGraceTicks) {
-      this.goingAlone();
-      return;
+    const lost: Backup[] = [];
+    const renewTarget = this.renewTarget;
+    for (const b of this.backups.values()) {
+      if (b.lost) continue;
+      if (!b.connected && b.everConnected && c.reconnectGraceTicks > 0 && ++b.disconnectedTicks >= c.reconnectGraceTicks) {
+        lost.push(b);
+        continue;
+      }
+      if (b.contacted) b.silenceTicks++;
+      if (b.silenceTicks >= c.timeoutTicks) {
+        lost.push(b);
+        continue;
+      }
+      b.idleTicks++;
+      if (b.idleTicks >= c.heartbeatTicks) {
+        b.heartbeatDue = true;
+        // Once per heartbeat interval until it speaks the new generation: a renew may be lost.
+        if (b.generationSeen < renewTarget) b.renewDue = true;
+      }
+      // Time since the oldest record in flight was sent or last acknowledged.
+      if (b.sentSeq > b.ackedSeq) b.sinceAckProgressTicks++;
+      else b.sinceAckProgressTicks = 0;
+      if (b.sinceAckProgressTicks >= c.retransmitTicks) {
+        b.sinceAckProgressTicks = 0;
+        b.sentSeq = b.ackedSeq;
+        this.stats.retransmits++;
+      }
     }
-    if (this.contactedSincePair) this.silenceTicks++;
-    if (this.silenceTicks >= c.timeoutTicks) {
-      this.goingAlone();
-      return;
-    }
-    this.idleTicks++;
-    if (this.idleTicks >= c.heartbeatTicks) this.heartbeatDue = true;
-    // Time since the oldest record in flight was sent or last acknowledged.
-    if (this.sentSeq > this.ackedSeq) this.sinceAckProgressTicks++;
-    else this.sinceAckProgressTicks = 0;
-    if (this.sinceAckProgressTicks >= c.retransmitTicks) {
-      this.sinceAckProgressTicks = 0;
-      this.sentSeq = this.ackedSeq;
-      this.stats.retransmits++;
+    if (lost.length > 0) {
+      if (this.stateNow === "paired") {
+        this.contest(lost);
+        return;
+      }
+      // Renewing: the set is fixed for this contest; these go with the next one.
+      for (const b of lost) b.lost = true;
     }
     this.lagTicks++;
     if (this.lagTicks >= c.lagCheckTicks) {
@@ -383,9 +534,15 @@ export class PrimaryCore {
     }
   }
 
-  /** The driver knows the backup is gone (its host said so, or the cluster service did). */
-  backupLost(): void {
-    if (this.stateNow === "paired") this.goingAlone();
+  /**
+   * The driver knows a backup is gone (its host said so, the cluster service did, an operator
+   * removed it), or with no id: every backup is suspect (this host was suspended).
+   */
+  backupLost(backup?: BackupId): void {
+    const lost = backup === undefined ? [...this.backups.values()] : [this.backups.get(backup)].filter((b) => b !== undefined);
+    if (lost.length === 0) return;
+    if (this.stateNow === "paired") this.contest(lost);
+    else if (this.stateNow === "renewing") for (const b of lost) b.lost = true;
   }
 
   /**
@@ -399,18 +556,30 @@ export class PrimaryCore {
 
   testAndSetResult(result: TestAndSetResult): void {
     if (this.stateNow === "halted") return;
-    assert(this.stateNow === "goingAlone", "testAndSetResult: only while going alone");
+    assert(this.stateNow === "goingAlone" || this.stateNow === "renewing", "testAndSetResult: only while going alone or renewing");
     switch (this.tas.result(result)) {
       case "won": {
-        this.become("alone");
         this.generationNow++;
-        this.pendingGoAlone = { generation: this.generationNow };
-        // Nobody else can go live for this generation now: every held output may leave.
-        while (this.heldIds.length > 0) {
-          this.heldSeqs.shift();
-          this.release(this.heldIds.shift());
+        if (this.stateNow === "goingAlone") {
+          this.become("alone");
+          this.pendingGoAlone = { generation: this.generationNow };
+          // Nobody else can go live for this generation now: every held output may leave.
+          while (this.heldIds.length > 0) {
+            this.heldSeqs.shift();
+            this.release(this.heldIds.shift());
+          }
+          if (this.terminalReason !== null) this.halt(this.terminalReason);
+          return;
         }
-        if (this.terminalReason !== null) this.halt(this.terminalReason);
+        this.become("paired");
+        this.stats.renewals++;
+        this.pendingRenewed = { generation: this.generationNow };
+        // The dropped backups can never go live now; the kept ones hold what they acked.
+        this.advance();
+        // advance() halts once every backup holds a PowerOff/End record.
+        if ((this.stateNow as PrimaryState) === "halted") return;
+        const lost = [...this.backups.values()].filter((b) => b.lost);
+        if (lost.length > 0) this.contest(lost);
         return;
       }
       case "lost":
@@ -429,34 +598,30 @@ export class PrimaryCore {
   /**
    * Start recording for a new backup cloned at the current position (§3.1): the vCPU is
    * stopped at a record boundary while the snapshot is taken, so the backup's log starts at
-   * `nextSeq`. Same generation: the next failure is settled on generation + 1.
+   * `nextSeq`. Same generation: the next failure is settled on generation + 1. From alone, or
+   * while paired, for one more backup; never while a contest is open (its set is fixed).
    */
-  pair(): void {
+  pair(backup: BackupId = SOLE_BACKUP): void {
     assert(this.terminalSeq === null, "pair: not after a PowerOff or End record");
-    this.become("paired");
-    this.ackedSeq = this.appendedSeq;
-    this.sentSeq = this.appendedSeq;
-    this.windowEndSeq = this.appendedSeq;
-    this.replayedSeq = this.appendedSeq;
-    this.replayedIcount = this.appendedIcount;
-    this.cpuSharePermille = 1000;
-    this.silenceTicks = 0;
-    this.idleTicks = 0;
-    this.sinceAckProgressTicks = 0;
-    this.lagTicks = 0;
-    this.connected = false;
-    this.everConnected = false;
-    this.disconnectedTicks = 0;
-    this.contactedSincePair = false;
-    this.pairSeq = this.appendedSeq;
+    assert(this.stateNow === "alone" || this.stateNow === "paired", `pair: only alone or paired, not ${this.stateNow}`);
+    assert(!this.backups.has(backup), `pair: ${backup} is a backup already`);
+    assert(this.backups.size < this.config.backupsMax, `pair: at most ${this.config.backupsMax} backups`);
+    if (this.stateNow === "alone") {
+      this.become("paired");
+      // Alone, nothing was buffered: every record so far is in the clone's snapshot.
+      this.ackedSeq = this.appendedSeq;
+      this.cpuSharePermille = 1000;
+      this.lagTicks = 0;
+    }
+    this.addBackup(backup, false);
   }
 
   // ---- output -------------------------------------------------------------------------------
 
   ready(): PrimaryReady {
-    if (this.stateNow === "paired" && this.connected) this.flush();
+    if (this.recording) for (const backup of this.backups.values()) if (backup.connected) this.flush(backup);
     const c = this.config;
-    const unackedRecords = this.stateNow === "paired" ? Number(this.appendedSeq - this.ackedSeq) : 0;
+    const unackedRecords = this.recording ? Number(this.appendedSeq - this.ackedSeq) : 0;
     const stall =
       this.stateNow === "halted" ||
       this.heldIds.length >= c.heldOutputsMax ||
@@ -464,11 +629,13 @@ export class PrimaryCore {
       this.bufferBytes >= c.bufferBytesMax;
     const ready: PrimaryReady = {
       messages: take(this.pendingMessages),
+      dropped: take(this.pendingDropped),
       release: take(this.pendingRelease),
       stall,
-      cpuShare: this.stateNow === "paired" ? this.cpuSharePermille / 1000 : 1,
+      cpuShare: this.recording ? this.cpuSharePermille / 1000 : 1,
       testAndSet: this.pendingTas,
       goAlone: this.pendingGoAlone,
+      renewed: this.pendingRenewed,
       halt: this.pendingHalt,
       lagIcount: this.lagIcount(),
       unackedRecords,
@@ -478,46 +645,108 @@ export class PrimaryCore {
     };
     this.pendingTas = null;
     this.pendingGoAlone = null;
+    this.pendingRenewed = null;
     this.pendingHalt = null;
     return ready;
   }
 
-  /** Queues hello, entries within the backup's window, and a heartbeat if nothing else. */
-  private flush(): void {
+  /**
+   * Queues, for one backup: hello, a renew if it does not speak the generation yet, entries
+   * within its window, and a heartbeat if nothing else. Paired, a backup that has not spoken
+   * the current generation gets a renew before anything of that generation: the renew sent
+   * during the contest may have been lost, and without it the backup would take the new
+   * generation for a successor's and halt.
+   */
+  private flush(b: Backup): void {
     const c = this.config;
     const envelope = { vmId: c.vmId, generation: this.generationNow };
-    if (this.helloDue) {
-      this.pendingMessages.push({ t: "hello", ...envelope, role: "primary" });
-      this.helloDue = false;
+    const out: PrimaryToBackup[] = [];
+    if (b.helloDue) {
+      out.push({ t: "hello", ...envelope, role: "primary" });
+      b.helloDue = false;
     }
-    const end = this.appendedSeq < this.windowEndSeq ? this.appendedSeq : this.windowEndSeq;
+    const end = this.appendedSeq < b.windowEndSeq ? this.appendedSeq : b.windowEndSeq;
     // Bounded: every pass sends at least one record, and there are at most a buffer's worth.
-    while (this.sentSeq < end) {
+    while (b.sentSeq < end) {
       const records: LogRecord[] = [];
       let bytes = 0;
-      let index = Number(this.sentSeq - this.ackedSeq);
-      while (this.sentSeq < end && records.length < c.batchRecordsMax) {
+      let index = Number(b.sentSeq - this.ackedSeq);
+      while (b.sentSeq < end && records.length < c.batchRecordsMax) {
         const size = this.bufferSizes.at(index);
         if (records.length > 0 && bytes + size > c.batchBytesMax) break;
         records.push(this.buffer.at(index));
         bytes += size;
         index++;
-        this.sentSeq++;
+        b.sentSeq++;
       }
       this.stats.recordsSent += records.length;
-      this.pendingMessages.push({ t: "entries", ...envelope, records });
+      out.push({ t: "entries", ...envelope, records });
     }
-    if (this.heartbeatDue && this.pendingMessages.length === 0) this.pendingMessages.push({ t: "heartbeat", ...envelope });
-    this.heartbeatDue = false;
-    if (this.pendingMessages.length > 0) this.idleTicks = 0;
+    if (b.heartbeatDue && out.length === 0) out.push({ t: "heartbeat", ...envelope });
+    b.heartbeatDue = false;
+    const target = this.renewTarget;
+    const carriesNew = this.stateNow === "paired" && out.some((message) => message.t !== "hello");
+    if (b.generationSeen < target && (b.renewDue || carriesNew)) {
+      // After the hello: the driver's peer takes nothing before it.
+      out.splice(out[0]?.t === "hello" ? 1 : 0, 0, { t: "renew", vmId: c.vmId, generation: target, owner: c.hostId });
+      b.renewDue = false;
+    }
+    if (out.length > 0) b.idleTicks = 0;
+    for (const message of out) this.pendingMessages.push({ to: b.id, message });
   }
 
   // ---- internals ----------------------------------------------------------------------------
 
+  /** Recording for backups: records are buffered and sent. */
+  private get recording(): boolean {
+    return this.stateNow === "paired" || this.stateNow === "renewing";
+  }
+
+  /** The generation a renew announces: the one contested while renewing, else the current one. */
+  private get renewTarget(): number {
+    return this.stateNow === "renewing" ? this.generationNow + 1 : this.generationNow;
+  }
+
+  private backup(id: BackupId | undefined): Backup | undefined {
+    if (id !== undefined) return this.backups.get(id);
+    assert(this.backups.size <= 1, "name the backup: there are several");
+    return this.backups.values().next().value;
+  }
+
+  private addBackup(id: BackupId, contacted: boolean): void {
+    assert(id.length > 0, "a backup id is not empty");
+    this.backups.set(id, {
+      id,
+      startSeq: this.appendedSeq,
+      pairedGeneration: this.generationNow,
+      ackedSeq: this.appendedSeq,
+      sentSeq: this.appendedSeq,
+      windowEndSeq: this.appendedSeq,
+      replayedSeq: this.appendedSeq,
+      replayedIcount: this.appendedIcount,
+      generationSeen: this.generationNow,
+      connected: false,
+      everConnected: false,
+      contacted,
+      disconnectedTicks: 0,
+      silenceTicks: 0,
+      idleTicks: 0,
+      sinceAckProgressTicks: 0,
+      helloDue: false,
+      heartbeatDue: false,
+      renewDue: false,
+      lost: false,
+    });
+  }
+
   private lagIcount(): bigint {
-    if (this.stateNow !== "paired") return 0n;
-    const lag = this.appendedIcount - this.replayedIcount;
-    return lag > 0n ? lag : 0n;
+    if (!this.recording) return 0n;
+    let worst = 0n;
+    for (const backup of this.backups.values()) {
+      const lag = this.appendedIcount - backup.replayedIcount;
+      if (lag > worst) worst = lag;
+    }
+    return worst;
   }
 
   /** §3.2: a slow loop; down a step while lag is over the limit, up while under half of it. */
@@ -531,14 +760,30 @@ export class PrimaryCore {
     }
   }
 
-  private goingAlone(): void {
-    this.become("goingAlone");
-    // Whether it wins (alone) or loses (halted), these records are never sent again.
-    this.buffer.clear();
-    this.bufferSizes.clear();
-    this.bufferBytes = 0;
+  /**
+   * Settle generation + 1 at the arbiter without the `lost` backups: drop them now (they are
+   * sent nothing more), keep the others, and hold every output until the register answers.
+   */
+  private contest(lost: readonly Backup[]): void {
+    for (const b of lost) {
+      this.backups.delete(b.id);
+      this.pendingDropped.push(b.id);
+    }
     this.tas = new TestAndSetClient(this.config.tasRetryMinTicks, this.config.tasRetryMaxTicks);
     this.pendingTas = this.tas.start({ vmId: this.config.vmId, generation: this.generationNow + 1, owner: this.config.hostId });
+    if (this.backups.size === 0) {
+      this.become("goingAlone");
+      // Whether it wins (alone) or loses (halted), these records are never sent again.
+      this.buffer.clear();
+      this.bufferSizes.clear();
+      this.bufferBytes = 0;
+      this.ackedSeq = this.appendedSeq;
+      return;
+    }
+    this.become("renewing");
+    for (const b of this.backups.values()) b.renewDue = true;
+    // The minimum ack may have risen with the dropped ones gone: trim (renewing releases nothing).
+    this.advance();
   }
 
   private release(id: number): void {
@@ -563,7 +808,7 @@ export class PrimaryCore {
     this.stateNow = next;
   }
 
-  /** Pause/Resume are the operator's (§3.3); they flow to the backup like any record. */
+  /** Pause/Resume are the operator's (§3.3); they flow to the backups like any record. */
   private checkControl(record: LogRecord): void {
     if (record.kind !== RecordKind.Control) return;
     if (record.a === ControlKind.Pause) this.guestPausedNow = true;

@@ -9,10 +9,10 @@ import { type Bug, runWorld } from "./sim/world.js";
 const SEEDS_MAX = 1000;
 
 /** Runs seeds until the bug is caught; returns the first failure and how many seeds it took. */
-function hunt(bug: Bug): { seed: number; code: string; detail: string; codes: Set<string> } {
+function hunt(bug: Bug, backups = 1): { seed: number; code: string; detail: string; codes: Set<string> } {
   const codes = new Set<string>();
   for (let seed = 1; seed <= SEEDS_MAX; seed++) {
-    const result = runWorld(randomSchedule(seed, { bugs: [bug] }).options);
+    const result = runWorld(randomSchedule(seed, { bugs: [bug], backups }).options);
     if (result.failure !== null) {
       codes.add(result.failure.code);
       return { seed, ...result.failure, codes };
@@ -45,6 +45,24 @@ describe("the simulation catches a broken protocol", () => {
   it("a primary that releases on suspicion, before it won the register: split brain", () => {
     const caught = hunt("releaseOnSuspicion");
     expect(["SPLIT_BRAIN", "OUTPUT_LOST"], `seed=${caught.seed}: ${caught.detail}`).toContain(caught.code);
+  });
+
+  it("several backups: one backup's acks counted for all of them: the Output Rule", () => {
+    const caught = hunt("ackOneForAll", 2);
+    expect(caught.code, `seed=${caught.seed}: ${caught.detail}`).toBe("OUTPUT_RULE");
+  });
+
+  it("several backups: a renewed backup that contends for the generation after without asking on its primary's behalf", () => {
+    // Its primary may have lost that generation to the backup it dropped, which is live.
+    const caught = hunt("skipOnBehalf", 2);
+    expect(["SPLIT_BRAIN", "OUTPUT_LOST", "TWO_LIVE"], `seed=${caught.seed}: ${caught.detail}`).toContain(caught.code);
+  });
+
+  it("several backups: the classic bugs are caught too", () => {
+    expect(hunt("releaseBeforeAck", 3).code).toBe("OUTPUT_RULE");
+    expect(hunt("skipTestAndSet", 3).code).toBe("LIVE_WITHOUT_TAS");
+    // A backup gone live without some released output: lost, or contradicted by a later release.
+    expect(["OUTPUT_LOST", "SPLIT_BRAIN"]).toContain(hunt("discardUnreplayed", 3).code);
   });
 
   it("a schedule is a pure function of its seed", () => {

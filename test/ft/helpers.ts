@@ -3,7 +3,8 @@
 
 import type { BackupReady } from "../../host/ft/backup.js";
 import type { AckMessage, BackupToPrimary, PrimaryToBackup } from "../../host/ft/messages.js";
-import type { PrimaryReady } from "../../host/ft/primary.js";
+import { SOLE_BACKUP } from "../../host/ft/config.js";
+import type { Outgoing, PrimaryReady } from "../../host/ft/primary.js";
 import { ControlKind, EMPTY_BYTES, type LogRecord, RecordKind } from "../../protocol/records.js";
 
 export const VM = "vm-1";
@@ -53,6 +54,10 @@ export function heartbeat(generation = 1): PrimaryToBackup {
   return { t: "heartbeat", vmId: VM, generation };
 }
 
+export function renew(generation: number, owner = "A"): PrimaryToBackup {
+  return { t: "renew", vmId: VM, generation, owner };
+}
+
 function span(records: readonly LogRecord[]): string {
   const first = records[0]!.seq;
   const last = records[records.length - 1]!.seq;
@@ -67,7 +72,14 @@ function showPrimaryMessage(message: PrimaryToBackup): string {
       return `heartbeat g${message.generation}`;
     case "hello":
       return `hello ${message.role} g${message.generation}`;
+    case "renew":
+      return `renew g${message.generation} by ${message.owner}`;
   }
+}
+
+/** A message to the only backup as itself; to one of several, "id: message". */
+function showOutgoing({ to, message }: Outgoing): string {
+  return to === SOLE_BACKUP ? showPrimaryMessage(message) : `${to}: ${showPrimaryMessage(message)}`;
 }
 
 function showBackupMessage(message: BackupToPrimary): string {
@@ -77,9 +89,11 @@ function showBackupMessage(message: BackupToPrimary): string {
 
 /** The Ready as one line; only what is set. `stall` and `share` show when not the default. */
 export function showPrimary(ready: PrimaryReady): string {
-  const parts: string[] = ready.messages.map(showPrimaryMessage);
+  const parts: string[] = ready.messages.map(showOutgoing);
   if (ready.goAlone !== null) parts.push(`goAlone g${ready.goAlone.generation}`);
+  if (ready.renewed !== null) parts.push(`renewed g${ready.renewed.generation}`);
   if (ready.release.length > 0) parts.push(`release ${ready.release.join(",")}`);
+  if (ready.dropped.length > 0) parts.push(`dropped ${ready.dropped.join(",")}`);
   if (ready.testAndSet !== null) parts.push(`testAndSet g${ready.testAndSet.generation} by ${ready.testAndSet.owner}`);
   if (ready.halt !== null) parts.push(`halt ${ready.halt}`);
   if (ready.stall) parts.push("stall");

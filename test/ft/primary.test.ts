@@ -212,7 +212,7 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
       "5: entries 1..2", // retransmitTicks without an ack
       "7: heartbeat g1",
       "9: heartbeat g1",
-      "10: testAndSet g2 by A",
+      "10: dropped backup | testAndSet g2 by A",
     ]);
     expect(core.state).toBe("goingAlone");
     // The VM keeps running; its outputs wait; an ack now counts for nothing: the register decides.
@@ -241,7 +241,7 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
     core.ready();
     core.tick();
     core.channelDown();
-    expect(ticks(3, () => after(core, () => core.tick()))).toEqual(["3: testAndSet g2 by A"]);
+    expect(ticks(3, () => after(core, () => core.tick()))).toEqual(["3: dropped backup | testAndSet g2 by A"]);
     expect(core.state).toBe("goingAlone");
 
     // Before the channel was ever up, a close is not a failure: only the timeout decides.
@@ -257,7 +257,7 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
     core.append(recs(0, 1));
     core.output(1, 1n);
     core.backupLost();
-    expect(after(core)).toBe("testAndSet g2 by A");
+    expect(after(core)).toBe("dropped backup | testAndSet g2 by A");
     core.testAndSetResult("unreachable");
     const lines: string[] = [];
     for (let tick = 1; tick <= 40; tick++) {
@@ -282,7 +282,7 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
     core.append(recs(0, 2));
     core.output(1, 2n);
     core.backupLost();
-    expect(after(core)).toBe("testAndSet g2 by A");
+    expect(after(core)).toBe("dropped backup | testAndSet g2 by A");
     expect(after(core, () => core.testAndSetResult("lost"))).toBe("halt lostTestAndSet | stall");
     expect(core.haltReason).toBe("lostTestAndSet");
     // Everything after a halt is ignored (the vCPU may still have been running).
@@ -318,7 +318,7 @@ describe("PrimaryCore: the backup fails (§2.3)", () => {
     expect(after(core, () => core.receive(ack(3, { generation: 2 })))).toBe("error BAD_ACK");
     expect(after(core, () => core.receive(ack(11, { generation: 2 })))).toBe("entries 11");
     expect(after(core, () => core.receive(ack(12, { generation: 2 })))).toBe("release 2");
-    expect(() => core.pair()).toThrow(/paired → paired is not a legal transition/);
+    expect(() => core.pair()).toThrow(/backup is a backup already/);
   });
 });
 
@@ -337,7 +337,7 @@ describe("PrimaryCore: control entries (§3.3)", () => {
     const core = primary();
     core.append([control(0, ControlKind.PowerOff)]);
     core.backupLost();
-    expect(after(core)).toBe("testAndSet g2 by A");
+    expect(after(core)).toBe("dropped backup | testAndSet g2 by A");
     expect(after(core, () => core.testAndSetResult("won"))).toBe("goAlone g2 | halt powerOff | stall");
   });
 
@@ -366,7 +366,7 @@ describe("PrimaryCore: what it refuses", () => {
 
   it("asserts illegal transitions and configurations", () => {
     const core = primary();
-    expect(() => core.testAndSetResult("won")).toThrow(/only while going alone/);
+    expect(() => core.testAndSetResult("won")).toThrow(/only while going alone or renewing/);
     core.backupLost();
     core.testAndSetResult("unreachable");
     expect(() => core.testAndSetResult("won")).toThrow(/answers an outstanding request/);

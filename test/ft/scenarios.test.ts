@@ -195,3 +195,94 @@ describe("FT scenarios (§2.3, §3.3)", () => {
     ]);
   });
 });
+
+describe("FT scenarios with two backups (--backups 2)", () => {
+  const two = { backups: 2 };
+  const START2 = ["0 A primary gen 1 paired at seq 0", "0 B backup gen 1 of A at seq 0", "0 C backup gen 1 of A at seq 0", "3-28 A releases 17 outputs, seqs 2..44"];
+
+  it("a backup dies: the primary wins generation 2 keeping the other, which takes it; outputs wait only for the contest", () => {
+    expect(transcript([{ at: 30, kind: "crash", host: "C" }], two)).toEqual([
+      ...START2,
+      "30 C crashes",
+      "34 A drops its backup on C",
+      // B keeps acking all along, but nothing leaves until A holds generation 2: C might be
+      // alive and cut off, contending for it with fewer records than B acked.
+      "34 A asks the arbiter for generation 2",
+      "35 A test-and-set answer: won",
+      "35 A renews as generation 2 with B",
+      "35 A releases 4 outputs, seqs 48..54",
+      "36 B backup takes generation 2",
+      "36-156 A releases 59 outputs, seqs 57..235",
+    ]);
+  });
+
+  it("the primary dies: both backups race for generation 2; one goes live, the other halts", () => {
+    expect(transcript([{ at: 30, kind: "crash", host: "A" }], two)).toEqual([
+      ...START2,
+      "30 A crashes",
+      "34 B declares the primary failed: finishing replay",
+      "34 B asks the arbiter for generation 2",
+      "34 C declares the primary failed: finishing replay",
+      "34 C asks the arbiter for generation 2",
+      "35 C test-and-set answer: lost",
+      "35 C backup halts: lostTestAndSet",
+      // Every output A released was acked by both: whichever wins has it.
+      "35 B test-and-set answer: won",
+      "35 B goes live as generation 2 at seq 48",
+      "35 B primary gen 2 alone at seq 48",
+      "35-158 B releases 67 outputs, seqs 50..239 (alone)",
+    ]);
+  });
+
+  it("the primary wins its renewal and dies before saying so: the kept backup asks on its behalf, then goes live as generation 3", () => {
+    const faults: Fault[] = [
+      { at: 30, kind: "crash", host: "C" },
+      { at: 35, kind: "crash", host: "A" },
+    ];
+    expect(transcript(faults, two)).toEqual([
+      ...START2,
+      "30 C crashes",
+      "34 A drops its backup on C",
+      "34 A asks the arbiter for generation 2",
+      // The answer (won) arrives at a dead host.
+      "35 A crashes",
+      "39 B declares the primary failed: finishing replay",
+      // B got A's renew for generation 2. It does not know whether A won it: it asks for it as
+      // A. Won: A (or now B, in A's name) holds it, so C can never go live with it, and B is
+      // one of A's backups in generation 2.
+      "39 B asks the arbiter for generation 2 for A",
+      "40 B test-and-set answer: won",
+      "40 B backup takes generation 2",
+      "40 B asks the arbiter for generation 3",
+      "41 B test-and-set answer: won",
+      "41 B goes live as generation 3 at seq 57",
+      "41 B primary gen 3 alone at seq 57",
+      "44-158 B releases 60 outputs, seqs 62..235 (alone)",
+    ]);
+  });
+
+  it("the primary cut off from one backup, which wins: the primary halts, and so does the backup it kept", () => {
+    expect(transcript([{ at: 30, kind: "partition", a: "A", b: "C", ticks: 30, notify: false }], two)).toEqual([
+      ...START2,
+      "30 partition A|C for 30",
+      "33 C declares the primary failed: finishing replay",
+      "33 C asks the arbiter for generation 2",
+      "33 A drops its backup on C",
+      "33 A asks the arbiter for generation 2",
+      "34 A test-and-set answer: lost",
+      "34 A primary halts: lostTestAndSet",
+      // C holds everything A released: A held every output while it contended.
+      "34 C test-and-set answer: won",
+      "34 C goes live as generation 2 at seq 46",
+      "34 C primary gen 2 alone at seq 46",
+      "34-37 C releases 3 outputs, seqs 48..53 (alone)",
+      // B was kept by A's contest, which A lost: asking on A's behalf, B learns somebody else
+      // is live, and halts. (The cluster service clones new backups for C.)
+      "38 B declares the primary failed: finishing replay",
+      "38 B asks the arbiter for generation 2 for A",
+      "39 B test-and-set answer: lost",
+      "39 B backup halts: lostTestAndSet",
+      "42-159 C releases 62 outputs, seqs 59..237 (alone)",
+    ]);
+  });
+});

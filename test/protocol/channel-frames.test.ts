@@ -86,6 +86,8 @@ function samples(): [string, ChannelMessage][] {
       "ack, 2^64-1 and resend",
       { t: "ack", ...envelope, ackSeq: U64_MAX, windowEndSeq: U64_MAX, replayedSeq: U64_MAX - 1n, replayedIcount: U64_MAX, resend: true },
     ],
+    ["renew", { t: "renew", ...envelope, owner: "host-1" }],
+    ["renew, 256-byte owner", { t: "renew", vmId: "v".repeat(64), generation: maxGen, owner: "o".repeat(256) }],
     [
       "ack, 2^49 boundaries",
       { t: "ack", ...envelope, ackSeq: (1n << 49n) - 1n, windowEndSeq: 1n << 49n, replayedSeq: 1n << 63n, replayedIcount: 127n, resend: false },
@@ -127,13 +129,15 @@ describe("channel frames: round trip", () => {
     expect(decoded).toEqual({ t: "entries", ...envelope, records: sampleRecords() });
   });
 
-  it("golden bytes: heartbeat and ack", () => {
+  it("golden bytes: heartbeat, ack, hello and renew", () => {
     const heartbeat = encodeChannelMessage({ t: "heartbeat", ...envelope });
     expect(heartbeat).toEqual(frame(ChannelFrameType.Heartbeat, ENVELOPE_BYTES));
     const ack = encodeChannelMessage({ t: "ack", ...envelope, ackSeq: 10n, windowEndSeq: 300n, replayedSeq: 9n, replayedIcount: 0n, resend: true });
     expect(ack).toEqual(frame(ChannelFrameType.Ack, [...ENVELOPE_BYTES, 10, 0xac, 0x02, 9, 0, 1]));
     const hello = encodeChannelMessage({ t: "hello", ...envelope, role: "backup", token: "ab" });
     expect(hello).toEqual(frame(ChannelFrameType.Hello, [...ENVELOPE_BYTES, 2, 1, 2, 0x61, 0x62]));
+    const renew = encodeChannelMessage({ t: "renew", ...envelope, owner: "ab" });
+    expect(renew).toEqual(frame(ChannelFrameType.Renew, [...ENVELOPE_BYTES, 2, 0x61, 0x62]));
   });
 
   it("a large batch: many records, and one record at the data limit", { timeout: 60_000 }, () => {
@@ -215,7 +219,7 @@ describe("channel frames: rejection", () => {
   });
 
   it("unknown types", () => {
-    for (const type of [0, 5, 255]) channelErrorOf(() => decodeChannelMessage(frame(type, ENVELOPE_BYTES)), "CHANNEL_UNKNOWN_TYPE");
+    for (const type of [0, 6, 255]) channelErrorOf(() => decodeChannelMessage(frame(type, ENVELOPE_BYTES)), "CHANNEL_UNKNOWN_TYPE");
   });
 
   it("huge and garbage length prefixes are rejected without allocating", () => {
@@ -264,6 +268,9 @@ describe("channel frames: rejection", () => {
       ["ack seq not canonical", ChannelFrameType.Ack, [...ENVELOPE_BYTES, 0x80, 0x00, 0, 0, 0, 0], "CHANNEL_MALFORMED"],
       ["ack unknown flag", ChannelFrameType.Ack, [...ENVELOPE_BYTES, 0, 0, 0, 0, 2], "CHANNEL_MALFORMED"],
       ["ack without flags", ChannelFrameType.Ack, [...ENVELOPE_BYTES, 0, 0, 0, 0], "CHANNEL_MALFORMED"],
+      ["renew without owner", ChannelFrameType.Renew, [...ENVELOPE_BYTES], "CHANNEL_MALFORMED"],
+      ["renew owner of 257 bytes", ChannelFrameType.Renew, [...ENVELOPE_BYTES, ...leb(257), ...new Array<number>(257).fill(0x61)], "CHANNEL_MALFORMED"],
+      ["renew with a trailing byte", ChannelFrameType.Renew, [...ENVELOPE_BYTES, 1, 0x61, 0], "CHANNEL_MALFORMED"],
     ];
     for (const [name, type, body, code] of cases) {
       const error = channelErrorOf(() => decodeChannelMessage(frame(type, body)));

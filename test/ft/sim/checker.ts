@@ -6,13 +6,15 @@
 // same execution up to where they fork), then its own new records. An output released at
 // seq s exposes the history's first s records to the world (its marker record included).
 //
-// 1. Output Rule (§2.2): a paired primary releases an output at seq s only if its backup
-//    holds s records (the sim checks separately that what a backup holds is exactly the
-//    primary's records, in order). A primary running alone is exempt: it won the register.
+// 1. Output Rule (§2.2): a paired primary releases an output at seq s only if EVERY one of
+//    its backups holds s records (the sim checks separately that what a backup holds is
+//    exactly the primary's records, in order). A primary running alone is exempt: it won the
+//    register.
 // 2. One execution: every released output agrees with the authoritative history (the one
-//    that went live last) on its first s records. A stale primary releasing output that the
-//    new primary will not reproduce is split brain. At most one core goes live per
-//    generation, and only its register's owner.
+//    live in the highest generation) on its first s records. A stale primary releasing output
+//    that the new primary will not reproduce is split brain. At most one core goes live per
+//    generation (a primary that renews counts as going live in it), and only its register's
+//    owner.
 // 3. Nothing released is lost (Output Requirement, §2.2): when a backup goes live from L
 //    records, every output released so far has s ≤ L and lies on that history.
 // 4. Power-off (§3.3): once a primary stopped for a PowerOff/End, no higher generation goes
@@ -56,6 +58,8 @@ export class History {
 
 export class Checker {
   private authoritative: History;
+  /** The generation `authoritative` is live in (a history keeps its first generation's number). */
+  private authoritativeGeneration: number;
   private longest: { history: History; seq: number; host: string } | null = null;
   private readonly liveByGeneration = new Map<number, string>();
   private endedGeneration: number | null = null;
@@ -67,6 +71,7 @@ export class Checker {
     private readonly log: ((line: string) => void) | null,
   ) {
     this.authoritative = initial;
+    this.authoritativeGeneration = initial.generation;
     this.liveByGeneration.set(initial.generation, "A");
   }
 
@@ -83,7 +88,7 @@ export class Checker {
       throw new SimFailure(
         "SPLIT_BRAIN",
         `${host} released an output at seq ${seq} of generation-${history.generation} history, which agrees with ` +
-          `the live generation-${this.authoritative.generation} history only up to ${history.commonPrefix(this.authoritative)}`,
+          `the live generation-${this.authoritativeGeneration} history only up to ${history.commonPrefix(this.authoritative)}`,
       );
     }
     if (this.longest === null || seq > this.longest.seq) this.longest = { history, seq, host };
@@ -106,6 +111,10 @@ export class Checker {
     }
     this.liveByGeneration.set(generation, host);
     const longest = this.longest;
+    // A primary may win a generation after a backup of its has gone live in a later one (the
+    // backup asked for it on the primary's behalf first): the later one stays authoritative,
+    // and what the primary releases must lie on it (SPLIT_BRAIN above).
+    const superseded = generation < this.authoritativeGeneration;
     if (forkLength !== null && longest !== null) {
       if (longest.seq > forkLength || history.commonPrefix(longest.history) < longest.seq) {
         throw new SimFailure(
@@ -114,7 +123,10 @@ export class Checker {
         );
       }
     }
-    this.authoritative = history;
+    if (!superseded) {
+      this.authoritative = history;
+      this.authoritativeGeneration = generation;
+    }
   }
 
   vmEnded(generation: number): void {

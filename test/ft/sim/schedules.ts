@@ -4,7 +4,7 @@
 // schedule holds several failures; the protocol does not depend on the scale.
 
 import { Prng } from "./prng.js";
-import { type Fault, type HostName, SIM_RECORD_BYTES_MAX, type WorldOptions } from "./world.js";
+import { type Fault, type HostName, hostNames, SIM_RECORD_BYTES_MAX, type WorldOptions } from "./world.js";
 
 export const FAMILIES = [
   ["calm", 4],
@@ -28,7 +28,13 @@ export interface Schedule {
   options: WorldOptions;
 }
 
+/**
+ * The schedule of `seed`. `overrides.backups` (default 1) sets how many backups the primary
+ * has; with more than one, the faults fall on any of them, any subset of them, or the primary
+ * and some of them together. One backup draws exactly what it always drew.
+ */
 export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = {}): Schedule {
+  const backups = overrides.backups ?? 1;
   // Its own stream, so that the world's draws do not shift when the schedule's do.
   const rng = new Prng((seed ^ 0x5bd1e995) >>> 0);
   const heartbeatTicks = 1 + rng.below(3);
@@ -42,7 +48,9 @@ export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = 
   const common = { heartbeatTicks, timeoutTicks, reconnectGraceTicks, tasRetryMinTicks, tasRetryMaxTicks, recordBytesMax: SIM_RECORD_BYTES_MAX };
   const faultTicks = 150 + rng.below(150);
   const livenessTicks = 80;
-  const healTicks = 3 * timeoutTicks + backupBufferRecords + 4 * tasRetryMaxTicks + 40 + livenessTicks;
+  // With several backups a primary may drop them one contest after another.
+  const healTicks =
+    3 * timeoutTicks + backupBufferRecords + 4 * tasRetryMaxTicks + 40 + livenessTicks + (backups - 1) * (timeoutTicks + 2 * tasRetryMaxTicks);
 
   let pick = rng.below(TOTAL_WEIGHT);
   let family: Family = "calm";
@@ -53,7 +61,7 @@ export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = 
     }
     pick -= weight;
   }
-  const faults = familyFaults(rng, family, faultTicks, timeoutTicks);
+  const faults = familyFaults(rng, family, faultTicks, timeoutTicks, backups);
 
   const options: WorldOptions = {
     seed,
@@ -95,18 +103,21 @@ export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = 
       bufferBytesMax: 400 + rng.below(4000),
       windowUpdateRecords: 1 + rng.below(backupBufferRecords),
     },
-    respawn: rng.chance(0.7) ? { delayTicks: 5 + rng.below(20), max: 2 } : null,
+    // Enough clones to restore every backup of a world twice.
+    respawn: rng.chance(0.7) ? { delayTicks: 5 + rng.below(20), max: 2 * backups } : null,
     supersededNoticePermille: rng.chance(0.5) ? 0 : 500,
     arbiterLatencyMaxTicks: 1 + rng.below(3),
     arbiterTimeoutTicks: 2 + rng.below(4),
     bugs: [],
     trace: false,
     ...overrides,
+    backups,
   };
   return { family, options };
 }
 
-function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTicks: number): Fault[] {
+function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTicks: number, backups: number): Fault[] {
+  if (backups > 1) return familyFaultsMany(rng, family, faultTicks, timeoutTicks, backups);
   const faults: Fault[] = [];
   const at = () => 5 + rng.below(faultTicks - 10);
   /** A duration from `min` to `max` timeouts, ending before the faults end. */
@@ -244,4 +255,140 @@ export function scriptedSchedule(seed: number, faults: Fault[], overrides: Parti
     trace: true,
     ...overrides,
   };
+}
+
+/**
+ * Faults for a primary with several backups: the families of one backup, where "the backup"
+ * is any one of them or a random subset, and the primary's faults may come with some of its
+ * backups' (crashed together, cut off together).
+ */
+function familyFaultsMany(rng: Prng, family: Family, faultTicks: number, timeoutTicks: number, backups: number): Fault[] {
+  const faults: Fault[] = [];
+  const names = hostNames(backups);
+  const backupHosts = names.slice(1, 1 + backups);
+  const at = () => 5 + rng.below(faultTicks - 10);
+  const lasting = (start: number, min: number, max: number) =>
+    Math.max(1, Math.min(faultTicks - start, Math.round(timeoutTicks * (min + (max - min) * (rng.below(1000) / 1000)))));
+  const host = (): HostName => rng.pick(names);
+  const backup = (): HostName => rng.pick(backupHosts);
+  /** 1..all of the backups, each at most once. */
+  const someBackups = (): HostName[] => {
+    const count = 1 + rng.below(backups);
+    const pool = [...backupHosts];
+    const chosen: HostName[] = [];
+    while (chosen.length < count) chosen.push(pool.splice(rng.below(pool.length), 1)[0]!);
+    return chosen;
+  };
+  const partition = (a: HostName, b: HostName, start = at()): Fault => ({ at: start, kind: "partition", a, b, ticks: lasting(start, 0.5, 3), notify: rng.chance(0.5) });
+  const pause = (h: HostName, start = at()): Fault => ({ at: start, kind: "pause", host: h, ticks: lasting(start, 0.3, 4) });
+  const arbiterDown = (h: HostName, start = at()): Fault => {
+    const from = Math.min(start, faultTicks - 1);
+    return { at: from, kind: "arbiterDown", host: h, ticks: lasting(from, 1, 5) };
+  };
+  const slow = (): Fault => {
+    const start = at();
+    return { at: start, kind: "slowReplay", ticks: lasting(start, 1, 6), perTick: rng.below(2) };
+  };
+  const guestPause = (): Fault => {
+    const start = at();
+    return { at: start, kind: "guestPause", ticks: lasting(start, 0.5, 3) };
+  };
+  switch (family) {
+    case "calm":
+      break;
+    case "backupCrash": {
+      // One backup, or several at once or one after another: the primary drops each.
+      const together = rng.chance(0.5);
+      const start = at();
+      for (const h of someBackups()) faults.push({ at: together ? start : at(), kind: "crash", host: h });
+      break;
+    }
+    case "primaryCrash": {
+      const start = at();
+      faults.push({ at: start, kind: "crash", host: "A" });
+      // Sometimes a backup dies with it, or just before it (the primary is then renewing), or
+      // about a timeout before it: the primary may win its renewal and die before the backups
+      // it kept hear of it, which then ask the arbiter on its behalf.
+      if (rng.chance(0.4)) faults.push({ at: Math.max(1, start - rng.below(2 * timeoutTicks)), kind: "crash", host: backup() });
+      else if (rng.chance(0.5)) faults.push({ at: Math.max(1, start - timeoutTicks - rng.below(4)), kind: "crash", host: backup() });
+      // The backups race for the arbiter; some of them cannot reach it for a while.
+      if (rng.chance(0.4)) for (const h of someBackups()) faults.push(arbiterDown(h, start + rng.below(2 * timeoutTicks)));
+      break;
+    }
+    case "partition": {
+      // The primary cut off from some backups, at once or one after another.
+      const together = rng.chance(0.5);
+      const start = at();
+      for (const h of someBackups()) faults.push(partition("A", h, together ? start : at()));
+      if (rng.chance(0.3)) faults.push(partition("A", backup()));
+      break;
+    }
+    case "primaryPause":
+      faults.push(pause("A"));
+      if (rng.chance(0.3)) faults.push(pause(backup()));
+      break;
+    case "backupPause": {
+      const start = at();
+      for (const h of someBackups()) faults.push(pause(h, rng.chance(0.5) ? start : at()));
+      break;
+    }
+    case "arbiterFlap": {
+      // Partitions between the primary and some backups while some of them cannot reach the
+      // arbiter either: the primary renews, or a cut-off backup wins, or nobody can for a while.
+      const start = at();
+      for (const h of someBackups()) {
+        const cut = partition("A", h, start + rng.below(timeoutTicks));
+        faults.push(cut);
+        if (rng.chance(0.7)) faults.push(arbiterDown(h, cut.at + rng.below(timeoutTicks)));
+      }
+      if (rng.chance(0.6)) faults.push(arbiterDown("A", start + rng.below(timeoutTicks)));
+      break;
+    }
+    case "powerOff":
+      faults.push({ at: at(), kind: "powerOff" });
+      if (rng.chance(0.5)) faults.push(rng.chance(0.5) ? partition("A", backup()) : { at: at(), kind: "crash", host: host() });
+      break;
+    case "slowBackup":
+      faults.push(slow(), slow());
+      break;
+    case "chaos": {
+      const count = 2 + rng.below(6 + backups);
+      for (let index = 0; index < count; index++) {
+        switch (rng.below(8)) {
+          case 0:
+            faults.push(partition(host(), host()));
+            break;
+          case 1:
+            faults.push(arbiterDown(host()));
+            break;
+          case 2:
+            if (rng.chance(0.4)) faults.push({ at: at(), kind: "crash", host: host() });
+            break;
+          case 3:
+          case 4:
+            faults.push(pause(host()));
+            break;
+          case 5:
+            faults.push(slow());
+            break;
+          case 6:
+            faults.push(guestPause());
+            break;
+          case 7:
+            // The primary and a backup fail close together.
+            {
+              const start = at();
+              faults.push({ at: start, kind: "crash", host: rng.chance(0.5) ? "A" : backup() });
+              faults.push(pause(backup(), Math.min(faultTicks - 2, start + rng.below(timeoutTicks))));
+            }
+            break;
+        }
+      }
+      break;
+    }
+  }
+  if (rng.chance(0.3)) faults.push(arbiterDown(host()));
+  if (rng.chance(0.15)) faults.push(guestPause());
+  if (rng.chance(0.2)) faults.push(slow());
+  return faults.filter((fault) => (fault.kind !== "partition" || fault.a !== fault.b) && fault.at < faultTicks);
 }

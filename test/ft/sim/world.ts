@@ -1,19 +1,20 @@
-// A deterministic in-memory world for the FT protocol cores: three hosts, a network, an arbiter
-// (test-and-set registers on the storage server) and a cluster service, all driven by one
-// seeded PRNG and a global tick. The cores are the real ones (host/ft); everything around them
+// A deterministic in-memory world for the FT protocol cores: hosts (A runs the primary, B.. its
+// backups, one more is a spare: three hosts with one backup, N + 2 with N), a network, an
+// arbiter (test-and-set registers on the storage server) and a cluster service, all driven by
+// one seeded PRNG and a global tick. The cores are the real ones (host/ft); everything around them
 // is a model of what the driver and the environment do:
 //
 // - a primary vCPU that produces records and outputs (each output preceded by its marker
 //   record, as the real vCPU logs a Digest at each output), obeying `stall` and `cpuShare`;
-// - a backup vCPU that replays delivered records at its own (sometimes very slow) rate;
+// - backup vCPUs that replay delivered records at their own (sometimes very slow) rate;
 // - a network that loses, duplicates, reorders (random delays), partitions and notifies
 //   channelDown/channelUp; messages are addressed to a core incarnation, like a connection;
 // - hosts that crash (stop forever) or pause (handle nothing for N ticks; their inbox fills
 //   and is handled on resume; no tick catch-up);
 // - an arbiter that can be unreachable from a host, before a request or after applying it
 //   (the answer is lost and the host retries: the register must be idempotent per owner);
-// - a cluster service that starts a new backup for a primary running alone (§3.1) and
-//   sometimes tells stale cores that a higher generation is live.
+// - a cluster service that starts a new backup for a primary with fewer than `backups` (§3.1)
+//   and sometimes tells stale cores that a higher generation is live.
 //
 // The Checker (checker.ts) watches every release, go-live and halt. Any violation throws a
 // SimFailure; runSchedule turns it into a result that names the seed.
@@ -26,8 +27,16 @@ import { ControlKind, EMPTY_BYTES, EventKind, type LogRecord, RecordKind } from 
 import { Prng } from "./prng.js";
 import { Checker, History, SimFailure } from "./checker.js";
 
-export type HostName = "A" | "B" | "C";
+export type HostName = string;
+/** The hosts of a world with one backup: A the primary, B its backup, C a spare. */
 export const HOSTS: readonly HostName[] = ["A", "B", "C"];
+/** Backups a world may start with (`WorldOptions.backups`). */
+export const SIM_BACKUPS_MAX = 3;
+
+/** A world with `backups` backups: A the primary, B.. the backups, then one spare. */
+export function hostNames(backups: number): HostName[] {
+  return Array.from({ length: backups + 2 }, (_, index) => String.fromCharCode(65 + index));
+}
 
 export type Fault =
   /** The link between two hosts drops everything; `notify`: both ends see channelDown/Up. */
@@ -55,7 +64,14 @@ export type Bug =
   /** On failover the backup's driver drops the records its vCPU had not replayed yet. */
   | "discardUnreplayed"
   /** A primary that suspects its backup releases held outputs before winning the register. */
-  | "releaseOnSuspicion";
+  | "releaseOnSuspicion"
+  /** Several backups: the primary's driver counts one backup's acks for every backup. */
+  | "ackOneForAll"
+  /**
+   * Several backups: a backup prepared for its primary's next generation skips asking for it
+   * on the primary's behalf (as if the primary surely owned it) and contends for the one after.
+   */
+  | "skipOnBehalf";
 
 export interface NetOptions {
   /** Every message takes this long... */
@@ -82,6 +98,8 @@ export interface WorldOptions {
   /** Chance that a record is followed by an output (its marker record and the output). */
   outputPermille: number;
   replayPerTick: number;
+  /** How many backups the primary starts with, and the cluster service restores (default 1). */
+  backups?: number;
   primary: Partial<PrimaryConfig>;
   backup: Partial<BackupConfig>;
   /** Start a new backup this long after a primary went alone, at most `max` times. */
@@ -104,6 +122,8 @@ export interface SimStats {
   released: number;
   goLive: number;
   goAlone: number;
+  /** Contests a primary won keeping some of its backups. */
+  renewed: number;
   /** Releases by a superseded history, inside the prefix the live one shares (harmless). */
   lateReleases: number;
   /** Ticks a primary vCPU spent stalled (full buffer) or throttled (lag control, §3.2). */
@@ -112,6 +132,11 @@ export interface SimStats {
   respawns: number;
   tasRequests: number;
   tasUnreachable: number;
+  /** Test-and-sets a backup asked on its primary's behalf, and how many of them it won. */
+  tasOnBehalf: number;
+  tasOnBehalfWon: number;
+  /** Backups that took a renewed generation from their primary. */
+  renewsAdopted: number;
   halts: Record<string, number>;
   faults: Record<string, number>;
 }
@@ -136,8 +161,10 @@ interface PrimaryRun {
   host: Host;
   core: PrimaryCore;
   history: History;
-  peer: BackupRun | null;
+  /** Its backups, by the core's ids (the backup runs' ids). */
+  peers: Map<string, BackupRun>;
   alone: boolean;
+  /** Since when it has had fewer backups than the world wants (for the cluster service). */
   aloneSinceTick: number;
   stall: boolean;
   cpuShare: number;
@@ -159,17 +186,21 @@ interface BackupRun {
   /** The whole log this replica holds: the snapshot's prefix, then every record delivered. */
   received: LogRecord[];
   replayed: number;
-  peer: PrimaryRun;
+  primary: PrimaryRun;
   sawTerminal: boolean;
   /** Bug discardUnreplayed: where the log was cut. */
   cutAt: number | null;
+  /** The core's generation at the last Ready: it rises when it takes a renew. */
+  generation: number;
 }
 
 type Run = PrimaryRun | BackupRun;
 
 type InboxItem =
-  | { t: "message"; runId: number; message: ChannelMessage }
-  | { t: "channel"; runId: number; up: boolean }
+  /** `from`: the sending backup's id, for a primary. */
+  | { t: "message"; runId: number; message: ChannelMessage; from: string | undefined }
+  /** `backup`: which of a primary's channels. */
+  | { t: "channel"; runId: number; up: boolean; backup: string | undefined }
   | { t: "tas"; runId: number; result: TestAndSetResult }
   | { t: "superseded"; runId: number; generation: number };
 
@@ -197,6 +228,8 @@ interface InFlight {
 export class World {
   readonly rng: Prng;
   readonly hosts: Record<HostName, Host>;
+  readonly hostNames: readonly HostName[];
+  private readonly backupsWanted: number;
   readonly checker: Checker;
   readonly stats: SimStats;
   readonly trace: string[] = [];
@@ -213,7 +246,10 @@ export class World {
 
   constructor(readonly options: WorldOptions) {
     this.rng = new Prng(options.seed);
-    this.hosts = { A: new Host("A"), B: new Host("B"), C: new Host("C") };
+    this.backupsWanted = options.backups ?? 1;
+    if (!(this.backupsWanted >= 1 && this.backupsWanted <= SIM_BACKUPS_MAX)) throw new Error(`backups: 1..${SIM_BACKUPS_MAX}`);
+    this.hostNames = hostNames(this.backupsWanted);
+    this.hosts = Object.fromEntries(this.hostNames.map((name) => [name, new Host(name)]));
     this.endTick = options.faultTicks + options.healTicks;
     this.timeline = Array.from({ length: this.endTick + 64 }, () => []);
     this.faultsAt = Array.from({ length: this.endTick }, () => []);
@@ -228,23 +264,31 @@ export class World {
       released: 0,
       goLive: 0,
       goAlone: 0,
+      renewed: 0,
       lateReleases: 0,
       stalledTicks: 0,
       throttledTicks: 0,
       respawns: 0,
       tasRequests: 0,
       tasUnreachable: 0,
+      tasOnBehalf: 0,
+      tasOnBehalfWon: 0,
+      renewsAdopted: 0,
       halts: {},
       faults: {},
     };
-    // Generation 1: A is the primary, B its backup, both from the VM's first instruction.
+    // Generation 1: A is the primary, B.. its backups, all from the VM's first instruction.
     const history = new History(1);
     this.checker = new Checker(history, options.trace ? (line) => this.log(line) : null);
-    const primary = this.startPrimary(this.hosts.A, history, { mode: "paired", generation: 1, startSeq: 0n, startIcount: 0n });
-    const backup = this.startBackup(this.hosts.B, primary, 0n, 0n);
-    primary.peer = backup;
-    primary.core.channelUp();
-    backup.core.channelUp();
+    // Run ids are handed out in order: the primary's first, then each backup's.
+    const backupIds = Array.from({ length: this.backupsWanted }, (_, index) => String(this.nextRunId + 1 + index));
+    const primary = this.startPrimary(this.hosts.A!, history, { mode: "paired", generation: 1, startSeq: 0n, startIcount: 0n, backups: backupIds });
+    for (const name of this.hostNames.slice(1, 1 + this.backupsWanted)) {
+      const backup = this.startBackup(this.hosts[name]!, primary, 0n, 0n);
+      primary.peers.set(String(backup.id), backup);
+      primary.core.channelUp(String(backup.id));
+      backup.core.channelUp();
+    }
   }
 
   run(): void {
@@ -261,7 +305,7 @@ export class World {
   private startPrimary(
     host: Host,
     history: History,
-    start: { mode: "paired" | "alone"; generation: number; startSeq: bigint; startIcount: bigint },
+    start: { mode: "paired" | "alone"; generation: number; startSeq: bigint; startIcount: bigint; backups?: string[] },
   ): PrimaryRun {
     const core = new PrimaryCore({ ...this.options.primary, vmId: VM_ID, hostId: host.name, ...start });
     const run: PrimaryRun = {
@@ -270,9 +314,9 @@ export class World {
       host,
       core,
       history,
-      peer: null,
+      peers: new Map(),
       alone: start.mode === "alone",
-      aloneSinceTick: this.tick,
+      aloneSinceTick: start.mode === "alone" ? this.tick : Infinity,
       stall: false,
       cpuShare: 1,
       budgetPermille: 0,
@@ -304,9 +348,10 @@ export class World {
       core,
       received: primary.history.records.slice(0, Number(startSeq)),
       replayed: Number(startSeq),
-      peer: primary,
+      primary,
       sawTerminal: false,
       cutAt: null,
+      generation: primary.core.generation,
     };
     host.run = run;
     if (this.options.trace) this.log(`${host.name} backup gen ${primary.core.generation} of ${primary.host.name} at seq ${startSeq}`);
@@ -326,9 +371,9 @@ export class World {
     }
     for (const flight of this.timeline[t]!) this.arrive(flight);
     this.timeline[t] = [];
-    const order = this.rng.chance(0.5) ? HOSTS : [...HOSTS].reverse();
+    const order = this.rng.chance(0.5) ? this.hostNames : [...this.hostNames].reverse();
     for (const name of order) {
-      const host = this.hosts[name];
+      const host = this.hosts[name]!;
       if (host.crashed || t < host.pausedUntilTick) continue;
       this.hostStep(host);
     }
@@ -359,14 +404,25 @@ export class World {
     switch (item.t) {
       case "message":
         if (run.kind === "primary") {
-          if (item.message.t === "ack" || item.message.t === "hello") run.core.receive(item.message);
+          if (item.message.t !== "ack" && item.message.t !== "hello") return;
+          if (item.message.t === "ack" && this.options.bugs.includes("ackOneForAll")) {
+            for (const id of run.peers.keys()) run.core.receive(item.message, id);
+          } else {
+            run.core.receive(item.message, item.from);
+          }
         } else if (item.message.t !== "ack") {
           run.core.receive(item.message);
         }
         return;
       case "channel":
-        if (item.up) run.core.channelUp();
-        else run.core.channelDown();
+        if (run.kind === "primary") {
+          if (item.up) run.core.channelUp(item.backup);
+          else run.core.channelDown(item.backup);
+        } else if (item.up) {
+          run.core.channelUp();
+        } else {
+          run.core.channelDown();
+        }
         return;
       case "tas":
         if (this.options.trace) this.log(`${run.host.name} test-and-set answer: ${item.result}`);
@@ -466,7 +522,20 @@ export class World {
     const ready = run.core.ready();
     run.stall = ready.stall;
     run.cpuShare = ready.cpuShare;
-    for (const message of ready.messages) this.send(run, message);
+    for (const { to, message } of ready.messages) {
+      const backup = run.peers.get(to);
+      if (backup === undefined) throw new SimFailure("BAD_ADDRESS", `${run.host.name} sent to ${to}, not one of its backups`);
+      this.send(run, backup, message);
+    }
+    if (ready.renewed !== null) {
+      this.stats.renewed++;
+      if (this.options.trace) {
+        const kept = [...run.peers.values()].map((backup) => backup.host.name).join(",");
+        this.log(`${run.host.name} renews as generation ${ready.renewed.generation} with ${kept}`);
+      }
+      this.checker.wentLive(run.host.name, ready.renewed.generation, this.arbiter.get(ready.renewed.generation), run.history, null);
+      this.superseded(run.host, ready.renewed.generation);
+    }
     if (ready.goAlone !== null) {
       this.stats.goAlone++;
       if (this.options.trace) this.log(`${run.host.name} goes alone as generation ${ready.goAlone.generation}`);
@@ -478,6 +547,14 @@ export class World {
     for (const id of ready.release) {
       if (run.bugReleased.delete(id)) continue;
       this.release(run, id);
+    }
+    // After the releases: they were earned with these backups still in the set (PrimaryReady).
+    for (const id of ready.dropped) {
+      const backup = run.peers.get(id);
+      if (backup === undefined) throw new SimFailure("BAD_ADDRESS", `${run.host.name} dropped ${id}, not one of its backups`);
+      run.peers.delete(id);
+      if (run.peers.size < this.backupsWanted && run.aloneSinceTick === Infinity) run.aloneSinceTick = this.tick;
+      if (this.options.trace && this.backupsWanted > 1) this.log(`${run.host.name} drops its backup on ${backup.host.name}`);
     }
     if (ready.testAndSet !== null && this.options.bugs.includes("releaseOnSuspicion")) {
       for (const id of [...run.outputSeqs.keys()]) {
@@ -498,15 +575,22 @@ export class World {
     if (seq === undefined) throw new SimFailure("UNKNOWN_OUTPUT", `${run.host.name} released output ${id} twice or never made`);
     run.outputSeqs.delete(id);
     this.stats.released++;
-    const backupHolds = run.peer === null ? null : run.peer.received.length;
+    // The Output Rule with several backups: every one of them must hold the records.
+    let backupHolds: number | null = null;
+    for (const backup of run.peers.values()) if (backupHolds === null || backup.received.length < backupHolds) backupHolds = backup.received.length;
     if (this.checker.released(run.host.name, run.history, seq, alone, backupHolds, this.tick)) this.stats.lateReleases++;
   }
 
   private performBackup(run: BackupRun): void {
     const ready = run.core.ready();
+    if (run.core.generation > run.generation) {
+      run.generation = run.core.generation;
+      this.stats.renewsAdopted++;
+      if (this.options.trace) this.log(`${run.host.name} backup takes generation ${run.generation}`);
+    }
     for (const record of ready.deliver) {
       const position = run.received.length;
-      if (record.seq !== BigInt(position) || run.peer.history.records[position] !== record) {
+      if (record.seq !== BigInt(position) || run.primary.history.records[position] !== record) {
         throw new SimFailure("BAD_DELIVERY", `${run.host.name} delivered seq ${record.seq} at position ${position}`);
       }
       run.received.push(record);
@@ -516,10 +600,10 @@ export class World {
     }
     for (const message of ready.messages) {
       if (message.t === "ack" && this.options.bugs.includes("ackAhead")) {
-        const appended = BigInt(run.peer.history.records.length);
-        this.send(run, { ...message, ackSeq: appended, windowEndSeq: appended + 64n });
+        const appended = BigInt(run.primary.history.records.length);
+        this.send(run, run.primary, { ...message, ackSeq: appended, windowEndSeq: appended + 64n });
       } else {
-        this.send(run, message);
+        this.send(run, run.primary, message);
       }
     }
     if (ready.finishReplay) {
@@ -563,7 +647,7 @@ export class World {
         break;
       }
     }
-    primary.controls = [...run.peer.controls];
+    primary.controls = [...run.primary.controls];
   }
 
   private halted(run: Run, reason: string): void {
@@ -573,9 +657,7 @@ export class World {
 
   // ---- network and arbiter ------------------------------------------------------------------
 
-  private send(from: Run, message: ChannelMessage): void {
-    const peer = from.kind === "primary" ? from.peer : from.peer;
-    if (peer === null) return;
+  private send(from: Run, peer: Run, message: ChannelMessage): void {
     this.stats.messagesSent++;
     const to = peer.host;
     const o = this.options.net;
@@ -583,7 +665,7 @@ export class World {
       this.stats.messagesLost++;
       return;
     }
-    const item: InboxItem = { t: "message", runId: peer.id, message };
+    const item: InboxItem = { t: "message", runId: peer.id, message, from: from.kind === "backup" ? String(from.id) : undefined };
     const delay = () => o.delayTicks + (this.rng.below(1000) < o.reorderPermille ? 1 + this.rng.below(3) : 0);
     this.schedule(delay(), { to, from: from.host, item, via: "link" });
     if (this.rng.below(1000) < o.dupPermille) {
@@ -617,10 +699,12 @@ export class World {
   private testAndSet(run: Run, request: TestAndSetRequest): void {
     this.stats.tasRequests++;
     const host = run.host;
-    if (this.options.trace) this.log(`${host.name} asks the arbiter for generation ${request.generation}`);
+    const onBehalf = request.owner !== host.name;
+    if (onBehalf) this.stats.tasOnBehalf++;
+    if (this.options.trace) this.log(`${host.name} asks the arbiter for generation ${request.generation}${onBehalf ? ` for ${request.owner}` : ""}`);
     let result: TestAndSetResult;
     let delay: number;
-    if (this.options.bugs.includes("skipTestAndSet")) {
+    if (this.options.bugs.includes("skipTestAndSet") || (onBehalf && this.options.bugs.includes("skipOnBehalf"))) {
       result = "won";
       delay = 1;
     } else if (this.tick < host.arbiterDownUntilTick) {
@@ -632,6 +716,7 @@ export class World {
       if (owner === undefined) this.arbiter.set(request.generation, request.owner as HostName);
       result = owner === undefined || owner === request.owner ? "won" : "lost";
       delay = 1 + this.rng.below(this.options.arbiterLatencyMaxTicks);
+      if (onBehalf && result === "won") this.stats.tasOnBehalfWon++;
     }
     this.schedule(delay, { to: host, from: host, item: { t: "tas", runId: run.id, result }, via: "arbiter" });
   }
@@ -657,17 +742,17 @@ export class World {
         return;
       }
       case "arbiterDown": {
-        const host = this.hosts[fault.host];
+        const host = this.hosts[fault.host]!;
         host.arbiterDownUntilTick = Math.max(host.arbiterDownUntilTick, this.tick + fault.ticks);
         if (this.options.trace) this.log(`${fault.host} cannot reach the arbiter for ${fault.ticks}`);
         return;
       }
       case "crash":
-        this.hosts[fault.host].crashed = true;
+        this.hosts[fault.host]!.crashed = true;
         if (this.options.trace) this.log(`${fault.host} crashes`);
         return;
       case "pause": {
-        const host = this.hosts[fault.host];
+        const host = this.hosts[fault.host]!;
         host.pausedUntilTick = Math.max(host.pausedUntilTick, this.tick + fault.ticks);
         if (this.options.trace) this.log(`${fault.host} pauses for ${fault.ticks}`);
         return;
@@ -701,20 +786,25 @@ export class World {
       [a, b],
       [b, a],
     ] as const) {
-      const run = this.hosts[near].run;
-      if (run === null) continue;
-      const peer = run.peer;
-      if (peer === null || peer.host.name !== far) continue;
-      this.hosts[near].inbox.push({ t: "channel", runId: run.id, up });
+      const host = this.hosts[near];
+      const run = host?.run ?? null;
+      if (host === undefined || run === null) continue;
+      if (run.kind === "backup") {
+        if (run.primary.host.name === far) host.inbox.push({ t: "channel", runId: run.id, up, backup: undefined });
+        continue;
+      }
+      for (const [id, backup] of run.peers) {
+        if (backup.host.name === far) host.inbox.push({ t: "channel", runId: run.id, up, backup: id });
+      }
     }
   }
 
   /** The primary run the operator talks to: the newest non-halted one. */
   private livePrimary(): PrimaryRun | null {
     let best: PrimaryRun | null = null;
-    for (const name of HOSTS) {
-      const run = this.hosts[name].run;
-      if (run === null || run.kind !== "primary" || run.core.state === "halted" || this.hosts[name].crashed) continue;
+    for (const name of this.hostNames) {
+      const run = this.hosts[name]!.run;
+      if (run === null || run.kind !== "primary" || run.core.state === "halted" || this.hosts[name]!.crashed) continue;
       if (best === null || run.core.generation > best.core.generation) best = run;
     }
     return best;
@@ -726,8 +816,8 @@ export class World {
     if (this.tick >= this.options.faultTicks) {
       // Healing: the operator resumes a guest left paused (its Resume may have gone to a
       // primary that was then superseded).
-      for (const name of HOSTS) {
-        const run = this.hosts[name].run;
+      for (const name of this.hostNames) {
+        const run = this.hosts[name]!.run;
         if (run?.kind === "primary" && run.guestPaused && !run.controls.includes(ControlKind.Resume)) {
           run.controls.push(ControlKind.Resume);
         }
@@ -735,12 +825,14 @@ export class World {
     }
     const respawn = this.options.respawn;
     if (respawn === null || this.respawns >= respawn.max || this.tick >= this.options.faultTicks) return;
-    for (const name of HOSTS) {
-      const host = this.hosts[name];
+    for (const name of this.hostNames) {
+      const host = this.hosts[name]!;
       const run = host.run;
-      if (run === null || run.kind !== "primary" || !run.alone || run.core.state !== "alone" || run.ended) continue;
+      if (run === null || run.kind !== "primary" || run.ended || run.peers.size >= this.backupsWanted) continue;
+      // Never during a contest: the set of backups it settles is fixed.
+      if (run.core.state !== "alone" && run.core.state !== "paired") continue;
       if (host.crashed || this.tick < host.pausedUntilTick || this.tick - run.aloneSinceTick < respawn.delayTicks) continue;
-      const spare = HOSTS.map((n) => this.hosts[n]).find(
+      const spare = this.hostNames.map((n) => this.hosts[n]!).find(
         (h) =>
           h !== host &&
           !h.crashed &&
@@ -752,20 +844,24 @@ export class World {
       const startSeq = run.core.nextSeq;
       const records = run.history.records;
       const startIcount = records.length === 0 ? 0n : records[records.length - 1]!.icount;
-      run.core.pair();
       const backup = this.startBackup(spare, run, startSeq, startIcount);
-      run.peer = backup;
+      const id = String(backup.id);
+      run.core.pair(id);
+      run.peers.set(id, backup);
       run.alone = false;
-      run.core.channelUp();
+      // The next clone waits its delay again, counted from this one.
+      run.aloneSinceTick = run.peers.size < this.backupsWanted ? this.tick : Infinity;
+      run.core.channelUp(id);
       backup.core.channelUp();
       this.respawns++;
       this.stats.respawns++;
+      if (this.respawns >= respawn.max) return;
     }
   }
 
   private superseded(winner: Host, generation: number): void {
-    for (const name of HOSTS) {
-      const host = this.hosts[name];
+    for (const name of this.hostNames) {
+      const host = this.hosts[name]!;
       const run = host.run;
       if (host === winner || run === null || this.rng.below(1000) >= this.options.supersededNoticePermille) continue;
       this.schedule(1 + this.rng.below(20), {
@@ -786,8 +882,8 @@ export class World {
    */
   private livenessExpected(): boolean {
     if (this.options.faults.some((fault) => fault.kind === "powerOff")) return false;
-    return HOSTS.some((name) => {
-      const host = this.hosts[name];
+    return this.hostNames.some((name) => {
+      const host = this.hosts[name]!;
       const run = host.run;
       return !host.crashed && run !== null && run.core.state !== "halted";
     });
