@@ -6,6 +6,7 @@
 import os from "node:os";
 import { parseArgs } from "node:util";
 import { HostDaemon } from "../cluster/host-daemon.js";
+import { registerWithCluster } from "../cluster/registration.js";
 import { ETCD_AUTH_ENV, etcdAuthFromEnv, parseEtcdUrl } from "../ft/etcd-url.js";
 import { LockstepError } from "../errors.js";
 import { createLogger } from "../log.js";
@@ -19,7 +20,7 @@ export const HOST_PORT_DEFAULT = 7430;
 
 export const HOST_USAGE = `usage:
   lockstep host --storage URL [--id ID] [--bind HOST] [--port PORT] [--token TOKEN] [--log-level LEVEL]
-                [--log-compression on|off] [--arbiter etcd://HOST:PORT]
+                [--log-compression on|off] [--arbiter etcd://HOST:PORT] [--cluster URL]
 
 Runs VMs as primaries and backups; control API and logging channels on one HTTP port.
   --storage  the storage server (ws://HOST:PORT, as its READY line says)
@@ -31,6 +32,8 @@ Runs VMs as primaries and backups; control API and logging channels on one HTTP 
              else off); a pair compresses only if both hosts have it on
   --arbiter  who settles go-live: etcd://HOST:PORT[,HOST:PORT...] for an etcd cluster (user:password
              from $${ETCD_AUTH_ENV} if it needs one); default: the storage server's registers
+  --cluster  a cluster service (\`lockstep cluster\`) to register with: http://HOST:PORT, the same
+             token; it places VMs here and restores their redundancy
   The storage server's token is read from $${STORAGE_TOKEN_ENV}.
 Prints READY {"id":...,"pid":...,"url":...} on stdout once serving; logs JSON lines on stderr.`;
 
@@ -45,6 +48,7 @@ export async function hostCommand(args: string[]): Promise<number> {
       port: { type: "string", default: String(HOST_PORT_DEFAULT) },
       token: { type: "string" },
       arbiter: { type: "string" },
+      cluster: { type: "string" },
       "log-level": { type: "string", default: "info" },
       "log-compression": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -56,6 +60,7 @@ export async function hostCommand(args: string[]): Promise<number> {
   }
   applyLogCompression(values["log-compression"]);
   if (values.storage === undefined) throw new LockstepError("USAGE", `--storage URL is required\n${HOST_USAGE}`);
+  if (values.cluster !== undefined && !/^https?:\/\/[^/]+\/?$/.test(values.cluster)) throw new LockstepError("USAGE", `--cluster takes http://HOST:PORT, not "${values.cluster}"`);
   const id = values.id ?? `${os.hostname()}-${process.pid}`;
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(id)) throw new LockstepError("USAGE", `--id takes letters, digits, '.', '_' and '-', not "${id}"`);
   // Checked before anything connects: a bad URL is a usage error, an unreachable etcd is not
@@ -65,6 +70,7 @@ export async function hostCommand(args: string[]): Promise<number> {
     etcdAuthFromEnv();
   }
   const log = createLogger(logLevel(values["log-level"]));
+  const token = secret(values.token, HOST_TOKEN_ENV, "--token");
   const storage = await StorageClient.connect(values.storage, {
     clientId: id,
     token: secret(undefined, STORAGE_TOKEN_ENV, `$${STORAGE_TOKEN_ENV}`),
@@ -78,7 +84,7 @@ export async function hostCommand(args: string[]): Promise<number> {
     id,
     bind: values.bind,
     port: integer(values.port, "--port", 0, 65535),
-    token: secret(values.token, HOST_TOKEN_ENV, "--token"),
+    token,
     storage,
     arbiter,
     log,
@@ -89,9 +95,14 @@ export async function hostCommand(args: string[]): Promise<number> {
   });
   process.stdout.write(`READY ${JSON.stringify({ id, pid: process.pid, url: daemon.url })}\n`);
   log.info("host serving", { id, url: daemon.url });
+  // With etcd, its membership key says where this host serves: `lockstep cluster` reads it there.
+  arbiter?.announce(daemon.url);
+  const registration =
+    values.cluster === undefined ? null : registerWithCluster({ clusterUrl: values.cluster.replace(/\/$/, ""), id, url: daemon.url, token, log });
 
   const signal = await untilSignal();
   log.info("signal received", { signal });
+  registration?.stop();
   await daemon.close();
   await arbiter?.close();
   await storage.close();

@@ -23,6 +23,7 @@ const USAGE = `usage:
   lockstep host --storage URL [--id ID] [--port PORT] (lockstep host --help)
   lockstep switch --service NAME=VM:VPORT[@HOST:PORT]... [--port PORT] (lockstep switch --help)
   lockstep up [--guest NAME] [--hosts N]              (lockstep up --help)
+  lockstep cluster --storage URL | --arbiter etcd://.. (lockstep cluster --help)
   lockstep migrate <vm> --role primary|backup --to HOST (lockstep migrate --help)
 
 <guest> is an example's name (counter, cpu, kv, http) or a path to an AssemblyScript-built .wasm.
@@ -93,6 +94,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import("./switch-command.js")).switchCommand(rest);
     case "up":
       return (await import("./up-command.js")).upCommand(rest);
+    case "cluster":
+      return (await import("./cluster-command.js")).clusterCommand(rest);
     case "migrate":
       return (await import("./migrate-command.js")).migrateCommand(rest);
     case "help":

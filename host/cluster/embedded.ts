@@ -23,10 +23,11 @@ import fs from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { LockstepError } from "../errors.js";
+import { assert, LockstepError } from "../errors.js";
 import { parseEtcdUrl } from "../ft/etcd-url.js";
 import type { Logger } from "../log.js";
 import { StorageClient } from "../storage/client.js";
+import { STORAGE_TOKEN_ENV } from "../storage/cli.js";
 import { LiveHub } from "../dashboard/live.js";
 import { checkOrigin, isDashboardFile, serveDashboardFile } from "../dashboard/static.js";
 import { replayRequest } from "../dashboard/time-travel.js";
@@ -34,6 +35,8 @@ import { ReplicaSessions, replicaRoute } from "../replica/sessions.js";
 import { exampleGuests, loadGuest } from "../vm/guest.js";
 import { BACKUPS_MAX } from "../ft/config.js";
 import { Child } from "./child.js";
+import type { EventsAnswer } from "./event-ring.js";
+import { HEARTBEAT_MS, RemoteHost } from "./registration.js";
 import type { HostStatus } from "./host-daemon.js";
 import type { VmStatus } from "./hosted-vm.js";
 import { ApiError, checkToken, fetchJson, isLoopback, readJson, sendError, sendJson } from "./http.js";
@@ -52,6 +55,8 @@ const HOST_RESTARTS_MAX = 100;
 /** A storage server that keeps dying is given up on after this many restarts. */
 const STORAGE_RESTARTS_MAX = 100;
 
+/** A joined host's heartbeat (registration.ts): its id as `lockstep host --id` takes it, and its control API. */
+const HeartbeatSchema = z.object({ id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/), url: z.string().url().regex(/^https?:\/\//).max(256) }).strict();
 const MigrateSchema = z.object({ role: z.enum(["primary", "backup"]), to: z.string().min(1).max(64) }).strict();
 /** A guest started from the dashboard or the API: an example by name, never a path. */
 const StartSchema = z.object({ guest: z.string().min(1).max(64), vm: z.string().regex(VM_NAME, "vm: lowercase letters, digits and '-', at most 63").optional() }).strict();
@@ -112,6 +117,13 @@ export interface ClusterOptions {
   backups?: number;
   /** `--arbiter etcd://...` for every host; null: the storage server's registers. */
   arbiter: string | null;
+  /**
+   * The service alone (`lockstep cluster`): it starts no process (vms, hosts 0, no switch).
+   * Hosts anywhere join it by heartbeat (POST /api/hosts/heartbeat, registration.ts) or, with
+   * an etcd arbiter, by their membership keys there. `storageUrl`: the hosts' storage server,
+   * whose registers number the generations (null with etcd).
+   */
+  standalone?: { storageUrl: string | null };
   log: Logger;
 }
 
@@ -128,7 +140,10 @@ export interface ClusterEvent {
 interface HostEntry {
   id: string;
   url: string;
-  child: Child;
+  /** A host daemon this service runs (`lockstep up`), or one that joined it (`lockstep cluster`). */
+  child: Child | RemoteHost;
+  /** A joined host's next event line to read (event-ring.ts); its children's come on stderr. */
+  eventsFrom: number;
   /** The last status it answered, and whether the last poll got an answer. */
   last: HostStatus | null;
   responsive: boolean;
@@ -147,6 +162,8 @@ export class EmbeddedCluster {
   private server: Server | null = null;
   private live: LiveHub | null = null;
   private replicas: ReplicaSessions | null = null;
+  /** What else stop() ends: the etcd discovery of a standalone service. */
+  private readonly closers: (() => Promise<void>)[] = [];
   private stopping = false;
   private redundancyTimer: NodeJS.Timeout | null = null;
   private redundancyChecking = false;
@@ -155,8 +172,11 @@ export class EmbeddedCluster {
   private readonly cloneRetryAtMs = new Map<string, number>();
   /** Each VM's protection as last seen, and since when: for the restore events and their figures. */
   private readonly protection = new Map<string, { state: string; sinceMs: number }>();
-  /** The hosts' control token: fresh for each cluster, known only to it and its children. */
-  private readonly hostToken = randomBytes(24).toString("base64url");
+  /**
+   * The hosts' control token: fresh for each cluster, known only to it and its children; or,
+   * for hosts that join a standalone service, the token they were all given ("": none).
+   */
+  private readonly hostToken: string;
   /** Backups each VM should have (ClusterOptions.backups). */
   private readonly backups: number;
   private readonly dir: string;
@@ -164,20 +184,24 @@ export class EmbeddedCluster {
   url = "";
 
   constructor(private readonly options: ClusterOptions) {
-    if (options.hosts < 2 || options.hosts > CLUSTER_HOSTS_MAX) {
+    if (options.standalone !== undefined) {
+      assert(options.hosts === 0 && options.vms.length === 0 && !options.switch, "a standalone service starts no process");
+      if (options.standalone.storageUrl === null && options.arbiter === null) throw new LockstepError("USAGE", "a cluster service needs the hosts' --storage or --arbiter");
+    } else if (options.hosts < 2 || options.hosts > CLUSTER_HOSTS_MAX) {
       throw new LockstepError("USAGE", `--hosts takes 2 to ${CLUSTER_HOSTS_MAX}: a primary and its backup need two`);
     }
     this.backups = options.backups ?? 1;
     if (!Number.isInteger(this.backups) || this.backups < 1 || this.backups > BACKUPS_MAX) {
       throw new LockstepError("USAGE", `--backups takes 1 to ${BACKUPS_MAX}`);
     }
-    if (options.hosts < this.backups + 1) {
+    if (options.standalone === undefined && options.hosts < this.backups + 1) {
       throw new LockstepError("USAGE", `--backups ${this.backups} needs --hosts ${this.backups + 1} or more: a primary and each backup on a host of its own`);
     }
     if (!isLoopback(options.bind) && options.token === null) {
       throw new LockstepError("USAGE", `--bind ${options.bind} is not loopback: give a --token (or $LOCKSTEP_TOKEN)`);
     }
     if (options.arbiter !== null) parseEtcdUrl(options.arbiter);
+    this.hostToken = options.standalone !== undefined ? (options.token ?? "") : randomBytes(24).toString("base64url");
     this.ownsDir = options.dir === null;
     this.dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "lockstep-up-"));
   }
@@ -185,13 +209,13 @@ export class EmbeddedCluster {
   /** Starts everything; resolves with what the READY line says. */
   async start(): Promise<Record<string, unknown>> {
     const guests = this.options.vms.map((vm) => ({ ...vm, loaded: loadGuest(vm.guest) })); // fail fast, before any child
-    await this.startStorage("0");
+    if (this.options.standalone === undefined) await this.startStorage("0");
     // A switch only for guests with a network: a counter or a cpu run needs none.
     const networked = guests.filter((g) => g.loaded.listens);
     if (this.options.switch && networked.length > 0) await this.startSwitch(networked);
 
     const started = await Promise.all(Array.from({ length: this.options.hosts }, (_, i) => this.startHost(`host-${i + 1}`)));
-    this.hosts.push(...started.map(({ child, url }, i) => ({ id: `host-${i + 1}`, url, child, last: null, responsive: true, restarts: 0 })));
+    this.hosts.push(...started.map(({ child, url }, i) => ({ id: `host-${i + 1}`, url, child, eventsFrom: 0, last: null, responsive: true, restarts: 0 })));
 
     // VM i: primary on host i, its backups on the hosts after it, so that no host holds two
     // copies of one VM.
@@ -217,6 +241,7 @@ export class EmbeddedCluster {
     if (this.options.restoreRedundancy) {
       this.redundancyTimer = setInterval(() => void this.checkRedundancy(), REDUNDANCY_CHECK_MS);
     }
+    if (this.options.standalone !== undefined && this.options.arbiter !== null) await this.discoverFromEtcd(this.options.arbiter);
 
     const vms = [];
     for (const vm of placed) {
@@ -229,7 +254,7 @@ export class EmbeddedCluster {
       status: `${this.url}/api/status`,
       pid: process.pid,
       dir: this.dir,
-      storage: { url: this.storage!.url, pid: this.storage!.child.pid },
+      storage: this.storage === null ? { url: this.storageUrl() } : { url: this.storage.url, pid: this.storage.child.pid },
       ...(this.switch === null ? {} : { switch: { url: this.switch.url, pid: this.switch.child.pid }, services: this.switch.services }),
       hosts: this.hosts.map((h) => ({ id: h.id, pid: h.child.pid, url: h.url })),
       vms,
@@ -330,6 +355,7 @@ export class EmbeddedCluster {
     this.stopping = true;
     this.live?.close();
     this.replicas?.closeAll();
+    await Promise.all(this.closers.map((close) => close()));
     if (this.redundancyTimer !== null) clearInterval(this.redundancyTimer);
     this.server?.closeAllConnections();
     this.server?.close();
@@ -437,16 +463,91 @@ export class EmbeddedCluster {
 
   private async poll(host: HostEntry, timeoutMs = HOST_POLL_TIMEOUT_MS): Promise<void> {
     if (!host.child.alive) return;
+    const joined = host.child instanceof RemoteHost;
     try {
-      host.last = (await fetchJson(`${host.url}/api/status`, { token: this.hostToken, timeoutMs })) as HostStatus;
+      // A joined host's events come with its status: there is no stderr of it to read.
+      const route = joined ? `/api/status?eventsFrom=${host.eventsFrom}` : "/api/status";
+      const answer = (await fetchJson(`${host.url}${route}`, { token: this.hostToken, timeoutMs })) as HostStatus & { events?: EventsAnswer };
+      host.last = answer;
       host.responsive = true;
+      if (host.child instanceof RemoteHost) host.child.pid = answer.pid;
+      if (answer.events !== undefined) this.joinedHostEvents(host, answer.events);
     } catch {
       host.responsive = false;
     }
   }
 
+  /** A joined host's event lines, each once although polls overlap. */
+  private joinedHostEvents(host: HostEntry, events: EventsAnswer): void {
+    if (events.from > host.eventsFrom && host.eventsFrom > 0) {
+      this.clusterEvent("eventsMissed", `${events.from - host.eventsFrom} of ${host.id}'s events were gone before they were read`, host.id);
+    }
+    events.lines.forEach((line, i) => {
+      if (events.from + i >= host.eventsFrom) this.childLog(host.id, line);
+    });
+    host.eventsFrom = Math.max(host.eventsFrom, events.next);
+  }
+
+  /**
+   * A host joins, or says it is still there (POST /api/hosts/heartbeat, registration.ts; or its
+   * etcd membership key). A host that comes back at another address restarted: what it said
+   * before is forgotten.
+   */
+  private hostSeen(id: string, url: string): HostEntry {
+    if (this.options.standalone === undefined) throw new ApiError("CONFLICT", "this cluster runs its own hosts: none joins it");
+    let host = this.hosts.find((h) => h.id === id);
+    if (host === undefined) {
+      if (this.hosts.length >= CLUSTER_HOSTS_MAX) throw new ApiError("UNAVAILABLE", `this cluster has ${CLUSTER_HOSTS_MAX} hosts already`);
+      host = { id, url, child: new RemoteHost(), eventsFrom: 0, last: null, responsive: true, restarts: 0 };
+      this.hosts.push(host);
+      this.clusterEvent("hostJoined", `${id} joined at ${url}`, id);
+    } else if (host.url !== url || !host.child.alive) {
+      this.clusterEvent("hostJoined", `${id} ${host.child.alive ? "moved" : "is back"} at ${url}`, id);
+      Object.assign(host, { url, eventsFrom: 0, last: null, responsive: true });
+    }
+    assert(host.child instanceof RemoteHost, "only joined hosts heartbeat");
+    host.child.seen();
+    return host;
+  }
+
+  /**
+   * `lockstep cluster --arbiter etcd://`: the hosts are those whose membership keys live in etcd
+   * (host/ft/etcd-arbiter.ts), each at the address it announced there; the lease is the
+   * heartbeat. Read every HEARTBEAT_MS.
+   */
+  private async discoverFromEtcd(url: string): Promise<void> {
+    const { etcdArbiter } = await import("../ft/etcd-arbiter.js");
+    const etcd = etcdArbiter(url, { hostId: "lockstep-cluster", log: this.options.log, membership: false });
+    let reading = false;
+    let warned = false;
+    const read = async () => {
+      if (reading || this.stopping) return;
+      reading = true;
+      try {
+        for (const member of await etcd.members()) if (member.url !== undefined) this.hostSeen(member.hostId, member.url);
+        warned = false;
+      } catch (error) {
+        if (!warned) this.clusterEvent("etcdUnreachable", `cannot list the hosts in etcd: ${(error as Error).message}`);
+        warned = true;
+      } finally {
+        reading = false;
+      }
+    };
+    await read();
+    const timer = setInterval(() => void read(), HEARTBEAT_MS);
+    this.closers.push(async () => {
+      clearInterval(timer);
+      await etcd.close();
+    });
+  }
+
   private async callHost(host: HostEntry, method: string, route: string, body?: unknown): Promise<unknown> {
     return fetchJson(`${host.url}${route}`, { token: this.hostToken, timeoutMs: 30_000, method, body });
+  }
+
+  /** The hosts' storage server: this service's child, or (standalone) the one they were given. */
+  private storageUrl(): string | null {
+    return this.storage?.url ?? this.options.standalone?.storageUrl ?? null;
   }
 
   private async storedGeneration(vm: string): Promise<number> {
@@ -463,7 +564,7 @@ export class EmbeddedCluster {
         await etcd.close();
       }
     }
-    const client = await StorageClient.connect(this.storage!.url, { clientId: "lockstep-up" });
+    const client = await StorageClient.connect(this.storageUrl()!, { clientId: "lockstep-up", token: process.env[STORAGE_TOKEN_ENV] });
     try {
       const register = await client.readGeneration(vm);
       return register === null ? 1 : register.generation + 1;
@@ -603,6 +704,12 @@ export class EmbeddedCluster {
       if (req.method === "GET" && url.pathname === "/api/guests") return sendJson(res, 200, { guests: exampleGuests() });
       if (req.method === "POST" && url.pathname === "/api/vms") return sendJson(res, 201, await this.startGuest(await readJson(req)));
       if (req.method === "POST" && url.pathname === "/api/replay") return sendJson(res, 200, await replayRequest(req, url));
+      if (req.method === "POST" && url.pathname === "/api/hosts/heartbeat") {
+        const parsed = HeartbeatSchema.safeParse(await readJson(req));
+        if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+        const host = this.hostSeen(parsed.data.id, parsed.data.url.replace(/\/$/, ""));
+        return sendJson(res, 200, { host: host.id, hosts: this.hosts.length });
+      }
       const kill = /^\/api\/hosts\/([^/]+)\/kill$/.exec(url.pathname);
       if (req.method === "POST" && kill !== null) return sendJson(res, 200, this.killHost(kill[1]!));
       const control = /^\/api\/vms\/([^/]+)\/control$/.exec(url.pathname);
@@ -661,6 +768,7 @@ export class EmbeddedCluster {
   private killHost(id: string): Record<string, unknown> {
     const host = this.hosts.find((h) => h.id === id);
     if (host === undefined || !host.child.alive) throw new ApiError("NOT_FOUND", `no running host ${id}`);
+    if (!(host.child instanceof Child)) throw new ApiError("CONFLICT", `${id} joined from its own machine: this service cannot kill it`);
     const pid = host.child.pid;
     host.child.process.kill("SIGKILL");
     this.clusterEvent("hostKilled", `${id} (pid ${pid}) killed with SIGKILL`, "up", { target: id });

@@ -190,6 +190,15 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
   // Warned once per outage: while etcd is down, joining is retried every HOST_LEASE_RETRY_MS.
   let membershipWarned = false;
   const member: EtcdMember = { hostId: options.hostId, pid: process.pid, since: new Date().toISOString() };
+  // Writes of the key, one after the other: an announce must not be overtaken by the join's
+  // first put, still waiting for its lease, which would write the value without the address.
+  let memberWrites: Promise<unknown> = Promise.resolve();
+  const writeMember = (held: Lease): Promise<unknown> => {
+    const write = () => held.put(memberKey).value(JSON.stringify(member)).options({ deadline: new Date(Date.now() + timeoutMs) }).exec();
+    const written = memberWrites.then(write, write);
+    memberWrites = written.catch(() => undefined);
+    return written;
+  };
   const join = () => {
     if (closed) return;
     const current = client.lease(HOST_LEASE_TTL_S, { autoKeepAlive: true });
@@ -205,15 +214,10 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
       retryTimer = setTimeout(join, HOST_LEASE_RETRY_MS);
     };
     current.on("lost", rejoin);
-    current
-      .put(memberKey)
-      .value(JSON.stringify(member))
-      .options({ deadline: new Date(Date.now() + timeoutMs) })
-      .exec()
-      .then(() => {
-        membershipWarned = false;
-        log.info("joined etcd", { url, hostId: options.hostId, key: memberKey, ttlS: HOST_LEASE_TTL_S });
-      }, rejoin);
+    writeMember(current).then(() => {
+      membershipWarned = false;
+      log.info("joined etcd", { url, hostId: options.hostId, key: memberKey, ttlS: HOST_LEASE_TTL_S });
+    }, rejoin);
   };
   if (options.membership !== false) join();
 
@@ -240,12 +244,7 @@ export function etcdArbiter(url: string, options: EtcdArbiterOptions): EtcdArbit
       // Under the current lease, if the host holds one; a later join puts the same value.
       const held = lease;
       if (closed || held === null) return;
-      held
-        .put(memberKey)
-        .value(JSON.stringify(member))
-        .options({ deadline: new Date(Date.now() + timeoutMs) })
-        .exec()
-        .catch((error: Error) => log.warn("etcd announce failed", { url, hostId: options.hostId, error: error.message }));
+      writeMember(held).catch((error: Error) => log.warn("etcd announce failed", { url, hostId: options.hostId, error: error.message }));
     },
     members() {
       const start = `${prefix}/hosts/`;

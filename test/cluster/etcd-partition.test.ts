@@ -47,18 +47,6 @@ afterAll(async () => {
   ip("netns", "del", NETNS);
 });
 
-/** The READY line a daemon prints on stdout once it serves. */
-async function ready(proc: LockstepProcess): Promise<Record<string, unknown>> {
-  while (!/^READY /m.test(proc.stdout)) {
-    const more = await Promise.race([
-      new Promise<boolean>((resolve) => proc.child.stdout!.once("data", () => resolve(true))),
-      proc.exited.then(() => false),
-    ]);
-    if (!more) throw new Error(`exited before READY:\n${proc.stderr.slice(-3000)}`);
-  }
-  return JSON.parse(/^READY (.*)$/m.exec(proc.stdout)![1]!) as Record<string, unknown>;
-}
-
 function start(args: string[], inside = false): LockstepProcess {
   const proc = new LockstepProcess(args, {
     env: { LOCKSTEP_TOKEN: TOKEN, LOCKSTEP_STORAGE_TOKEN: TOKEN },
@@ -99,12 +87,12 @@ describe("etcd arbitration across a network partition (ip netns)", () => {
   it("the isolated primary releases nothing more; the backup wins in etcd and goes live; healed, the primary halts", async () => {
     const etcd = await EtcdProcess.start(etcdDataDir("partition"), undefined, OUTSIDE_IP);
     const storage = start(["storage", "--host", OUTSIDE_IP, "--port", "0", "--dir", tempDir("partition-storage")]);
-    const storageUrl = String((await ready(storage)).url);
+    const storageUrl = String((await storage.ready()).url);
     const common = ["--storage", storageUrl, "--port", "0", "--arbiter", etcd.url];
     const backupHost = start(["host", "--id", "host-b", "--bind", OUTSIDE_IP, ...common]);
     const primaryHost = start(["host", "--id", "host-a", "--bind", INSIDE_IP, ...common], true);
-    const backupUrl = String((await ready(backupHost)).url);
-    const primaryUrl = String((await ready(primaryHost)).url);
+    const backupUrl = String((await backupHost.ready()).url);
+    const primaryUrl = String((await primaryHost.ready()).url);
 
     const spec = { vm: "counter", guest: "counter", timeoutMs: 1000 };
     const backup = await api(`${backupUrl}/api/vms`, { ...spec, role: "backup" });

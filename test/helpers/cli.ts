@@ -72,6 +72,18 @@ export class LockstepProcess {
     return match;
   }
 
+  /** The JSON of the READY line a daemon prints on stdout once it serves; rejects if it exits first. */
+  async ready(): Promise<Record<string, unknown>> {
+    while (!/^READY /m.test(this.stdout)) {
+      const more = await Promise.race([
+        new Promise<boolean>((resolve) => this.child.stdout!.once("data", () => resolve(true))),
+        this.exited.then(() => false),
+      ]);
+      if (!more) throw new Error(`exited before READY:\n${this.stderr.slice(-3000)}`);
+    }
+    return JSON.parse(/^READY (.*)$/m.exec(this.stdout)![1]!) as Record<string, unknown>;
+  }
+
   /** The address the guest's virtual port is served on, once it listens. */
   async listening(): Promise<{ host: string; port: number }> {
     const match = await this.waitForStderr(/listening on ([\d.]+):(\d+)/);
