@@ -76,7 +76,8 @@ async function failoverRestoresRedundancy(join: "heartbeat" | "etcd"): Promise<v
   // The backup's go-live comes from its host's own event feed, then the clone's restore.
   await service.waitForStderr(new RegExp(`"host":"${backup}"[^\\n]*"generation":2[^\\n]*"event":"wentLive"`));
   const third = [...hosts.keys()].find((id) => id !== primary && id !== backup)!;
-  await service.waitForStderr(new RegExp(`"msg":"kv is protected again, its backup on ${third}"[^\\n]*"event":"redundancyRestored"`));
+  const restored = await service.waitForStderr(new RegExp(`"msg":"kv is protected again, its backup on ${third}"[^\\n]*"event":"redundancyRestored"[^\\n]*"unprotectedMs":(\\d+)`));
+  console.log(`${join}: redundancy back ${restored[1]} ms after the service saw kv unprotected`);
   const relisting = await service.waitForStderr(new RegExp(`"host":"${backup}"[^\\n]*"address":"([\\d.]+:\\d+)"[^\\n]*"event":"listening"`));
   expect(await redis(relisting[1]!, ["GET key-49", "INCR hits"])).toEqual(["value-49", "2"]);
 }
