@@ -61,6 +61,21 @@ async function fieldIs(page: Page, vm: string, name: string, text: string): Prom
 }
 
 describe("the dashboard in Chromium", () => {
+  it("shows each of a VM's backups (--backups 2) in a column of its own, on hosts of their own", async () => {
+    cluster = new UpCluster(["--guest", "counter", "--hosts", "3", "--backups", "2", "--no-restore", "--timeout-ms", "3000"]);
+    const ready = await cluster.ready;
+    const { primary, backups } = ready.vms[0]! as { primary: string; backups: string[] };
+    expect(backups).toHaveLength(2);
+    const page = await browser().newPage({ viewport: { width: 1280, height: 1000 } });
+    await page.goto(ready.url);
+    await fieldIs(page, "counter", "backups", "2 of 2");
+    await fieldIs(page, "counter", "primary-host", primary);
+    const shown = [await vmField(page, "counter", "backup-host").textContent(), await vmField(page, "counter", "backup2-host").textContent()];
+    expect(shown.sort()).toEqual([...backups].sort());
+    expect(await page.locator('#vms [data-vm="counter"] thead th').allTextContents()).toEqual(["primary", "backup 1", "backup 2"]);
+    await page.locator('#vms [data-vm="counter"]').screenshot({ path: path.join(SCREENSHOT_DIR, "two-backups.png") });
+  });
+
   it("shows the pair; kill on the primary's host shows the failover, the new primary, then the restored backup", async () => {
     // A 3 s failure timeout rather than 1 s: a kill is detected all the same, and a box loaded
     // by other suites is less likely to see a false failover that would move the pair again.

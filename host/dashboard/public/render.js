@@ -115,8 +115,12 @@ export function renderVms(container, vms, actions) {
     card.dataset.state = vm.state;
     field(card, "state", vm.state);
     field(card, "generation", vm.generation);
-    for (const side of ["primary", "backup"]) {
-      const status = vm[side];
+    // One column per backup (`--backups N`): as many as it has or should have, at least one.
+    const backups = vm.backups ?? (vm.backup === null ? [] : [vm.backup]);
+    setBackupColumns(card, Math.max(1, backups.length, vm.backupsWanted ?? 1));
+    field(card, "backups", `${backups.length} of ${vm.backupsWanted ?? 1}`);
+    const sides = [["primary", vm.primary], ...[...card.querySelectorAll("thead th[data-side]")].map((th, i) => [th.dataset.side, backups[i] ?? null])];
+    for (const [side, status] of sides) {
       for (const [, name, value] of VM_ROWS) field(card, `${side}-${name}`, status === null ? null : value(status));
     }
     const p = vm.primary;
@@ -129,9 +133,26 @@ export function renderVms(container, vms, actions) {
   });
 }
 
+/** The first backup's fields are `backup-*`, the next ones' `backup2-*`, `backup3-*`, ... */
+const backupSide = (i) => (i === 0 ? "backup" : `backup${i + 1}`);
+
+/** Gives the VM's table `count` backup columns, rebuilding it only when the count changes. */
+function setBackupColumns(card, count) {
+  const table = card.querySelector("table");
+  if (table.dataset.backups === String(count)) return;
+  table.dataset.backups = String(count);
+  const sides = Array.from({ length: count }, (_, i) => backupSide(i));
+  table.querySelector("thead").replaceChildren(
+    el("tr", {}, el("td"), el("th", { scope: "col" }, "primary"), ...sides.map((side, i) => el("th", { scope: "col", "data-side": side }, count === 1 ? "backup" : `backup ${i + 1}`))),
+  );
+  table.querySelector("tbody").replaceChildren(
+    ...VM_ROWS.map(([label, key]) =>
+      el("tr", {}, el("th", { scope: "row" }, label), el("td", { "data-field": `primary-${key}` }), ...sides.map((side) => el("td", { "data-field": `${side}-${key}` }))),
+    ),
+  );
+}
+
 function vmCard(name, actions) {
-  const row = ([label, key]) =>
-    el("tr", {}, el("th", { scope: "row" }, label), el("td", { "data-field": `primary-${key}` }), el("td", { "data-field": `backup-${key}` }));
   return el(
     "article",
     { class: "card vm", "data-vm": name, "aria-labelledby": `vm-${name}-title` },
@@ -140,6 +161,7 @@ function vmCard(name, actions) {
       "dl",
       {},
       el("dt", {}, "generation"), el("dd", { "data-field": "generation" }),
+      el("dt", {}, "backups"), el("dd", { "data-field": "backups" }),
       el("dt", {}, "execution lag"), el("dd", { "data-field": "lag" }),
       el("dt", {}, "held outputs"), el("dd", { "data-field": "held" }),
       el("dt", {}, "output hold"), el("dd", { "data-field": "hold" }),
@@ -147,9 +169,9 @@ function vmCard(name, actions) {
     el(
       "table",
       {},
-      el("caption", { class: "visually-hidden" }, `${name}: primary and backup`),
-      el("thead", {}, el("tr", {}, el("td"), el("th", { scope: "col" }, "primary"), el("th", { scope: "col" }, "backup"))),
-      el("tbody", {}, ...VM_ROWS.map(row)),
+      el("caption", { class: "visually-hidden" }, `${name}: primary and backups`),
+      el("thead"),
+      el("tbody"),
     ),
     el(
       "div",
