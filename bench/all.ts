@@ -7,6 +7,7 @@ import { printBackupsBench, runBackupsBench } from "./backups.js";
 import { printCompressionBench, printSettingsSweep, runCompressionBench, runSettingsSweep } from "./compression.js";
 import { printDiskReadsBench, runDiskReadsBench } from "./disk-reads.js";
 import { printFtBench, runFtBench } from "./ft.js";
+import { printReplicaBench, runReplicaBench } from "./replica.js";
 import { printSnapshotBench, runSnapshotBench } from "./snapshot.js";
 import { printSwitchBench, runSwitchBench } from "./switch.js";
 import { printVmBench, runVmBench } from "./vm.js";
@@ -38,3 +39,6 @@ printCompressionBench(await runCompressionBench());
 
 console.log("\n== clients through the switch: redis-benchmark, durable writes, failover as a client sees it");
 printSwitchBench(await runSwitchBench());
+
+console.log("\n== the dashboard's live replica: kv with and without a browser replaying it, and how far the browser trails");
+printReplicaBench(await runReplicaBench());
