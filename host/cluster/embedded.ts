@@ -422,6 +422,13 @@ export class EmbeddedCluster {
     } catch (error) {
       this.cloneRetryAtMs.set(action.vm, performance.now() + CLONE_RETRY_MS);
       this.clusterEvent("cloneFailed", `cloning ${action.vm} to ${action.to.id} failed: ${(error as Error).message}`, "up", { vm: action.vm, to: action.to.id });
+      // A backup that may have started there for it belongs to no primary (it was dropped, or
+      // never connected): stop it now, rather than let it wait out its first-contact bound
+      // holding that host, which the next clone may need. The target held no copy before.
+      const target = this.hosts.find((h) => h.id === action.to.id);
+      if (target !== undefined && target.child.alive) {
+        await this.callHost(target, "DELETE", `/api/vms/${action.vm}`).catch(() => undefined);
+      }
     } finally {
       this.cloning.delete(action.vm);
     }
