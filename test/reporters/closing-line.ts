@@ -1,4 +1,4 @@
-// Ends a run with one plain line, `tests: N passed, N failed, N skipped`, after vitest's own
+// Ends a run with one plain line, `N passed, N failed, N skipped`, after vitest's own
 // summary. CI tooling that does not know vitest's table reads this line to learn that tests ran
 // and how they ended; people read the table above it.
 import type { Reporter, TestModule } from "vitest/node";
@@ -18,6 +18,6 @@ export default class ClosingLineReporter implements Reporter {
         else skipped++;
       }
     }
-    process.stdout.write(`\ntests: ${passed} passed, ${failed} failed, ${skipped} skipped\n`);
+    process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
   }
 }
