@@ -116,22 +116,21 @@ export function randomSchedule(seed: number, overrides: Partial<WorldOptions> = 
   return { family, options };
 }
 
-function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTicks: number, backups: number): Fault[] {
-  if (backups > 1) return familyFaultsMany(rng, family, faultTicks, timeoutTicks, backups);
-  const faults: Fault[] = [];
+/** The chaos family's kinds of fault that any world has (familyFaultsMany adds one more). */
+const CHAOS_CHOICES = 7;
+
+/**
+ * The faults every family is made of, each drawn from `rng` in a fixed order (a schedule's
+ * seed must give the same faults whichever family function asks), starting within the fault
+ * window and lasting some timeouts but ending before the window does.
+ */
+function faultMaker(rng: Prng, faultTicks: number, timeoutTicks: number) {
   const at = () => 5 + rng.below(faultTicks - 10);
   /** A duration from `min` to `max` timeouts, ending before the faults end. */
   const lasting = (start: number, min: number, max: number) =>
     Math.max(1, Math.min(faultTicks - start, Math.round(timeoutTicks * (min + (max - min) * (rng.below(1000) / 1000)))));
-  const host = (): HostName => rng.pick(["A", "B", "C"] as const);
-  const partition = (a: HostName, b: HostName): Fault => {
-    const start = at();
-    return { at: start, kind: "partition", a, b, ticks: lasting(start, 0.5, 3), notify: rng.chance(0.5) };
-  };
-  const pause = (h: HostName): Fault => {
-    const start = at();
-    return { at: start, kind: "pause", host: h, ticks: lasting(start, 0.3, 4) };
-  };
+  const partition = (a: HostName, b: HostName, start = at()): Fault => ({ at: start, kind: "partition", a, b, ticks: lasting(start, 0.5, 3), notify: rng.chance(0.5) });
+  const pause = (h: HostName, start = at()): Fault => ({ at: start, kind: "pause", host: h, ticks: lasting(start, 0.3, 4) });
   const arbiterDown = (h: HostName, start = at()): Fault => {
     const from = Math.min(start, faultTicks - 1);
     return { at: from, kind: "arbiterDown", host: h, ticks: lasting(from, 1, 5) };
@@ -144,6 +143,39 @@ function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTick
     const start = at();
     return { at: start, kind: "guestPause", ticks: lasting(start, 0.5, 3) };
   };
+  /** One chaos fault of kind `choice` (0..CHAOS_CHOICES-1) on hosts drawn by `host`. */
+  const chaos = (faults: Fault[], choice: number, host: () => HostName): void => {
+    switch (choice) {
+      case 0:
+        faults.push(partition(host(), host()));
+        break;
+      case 1:
+        faults.push(arbiterDown(host()));
+        break;
+      case 2:
+        if (rng.chance(0.4)) faults.push({ at: at(), kind: "crash", host: host() });
+        break;
+      case 3:
+      case 4:
+        faults.push(pause(host()));
+        break;
+      case 5:
+        faults.push(slow());
+        break;
+      case 6:
+        faults.push(guestPause());
+        break;
+    }
+  };
+  return { at, partition, pause, arbiterDown, slow, guestPause, chaos };
+}
+
+function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTicks: number, backups: number): Fault[] {
+  if (backups > 1) return familyFaultsMany(rng, family, faultTicks, timeoutTicks, backups);
+  const faults: Fault[] = [];
+  const make = faultMaker(rng, faultTicks, timeoutTicks);
+  const { at, partition, pause, arbiterDown, slow, guestPause } = make;
+  const host = (): HostName => rng.pick(["A", "B", "C"] as const);
   switch (family) {
     case "calm":
       break;
@@ -184,29 +216,7 @@ function familyFaults(rng: Prng, family: Family, faultTicks: number, timeoutTick
       break;
     case "chaos": {
       const count = 2 + rng.below(6);
-      for (let index = 0; index < count; index++) {
-        switch (rng.below(7)) {
-          case 0:
-            faults.push(partition(host(), host()));
-            break;
-          case 1:
-            faults.push(arbiterDown(host()));
-            break;
-          case 2:
-            if (rng.chance(0.4)) faults.push({ at: at(), kind: "crash", host: host() });
-            break;
-          case 3:
-          case 4:
-            faults.push(pause(host()));
-            break;
-          case 5:
-            faults.push(slow());
-            break;
-          case 6:
-            faults.push(guestPause());
-            break;
-        }
-      }
+      for (let index = 0; index < count; index++) make.chaos(faults, rng.below(CHAOS_CHOICES), host);
       break;
     }
   }
@@ -266,9 +276,8 @@ function familyFaultsMany(rng: Prng, family: Family, faultTicks: number, timeout
   const faults: Fault[] = [];
   const names = hostNames(backups);
   const backupHosts = names.slice(1, 1 + backups);
-  const at = () => 5 + rng.below(faultTicks - 10);
-  const lasting = (start: number, min: number, max: number) =>
-    Math.max(1, Math.min(faultTicks - start, Math.round(timeoutTicks * (min + (max - min) * (rng.below(1000) / 1000)))));
+  const make = faultMaker(rng, faultTicks, timeoutTicks);
+  const { at, partition, pause, arbiterDown, slow, guestPause } = make;
   const host = (): HostName => rng.pick(names);
   const backup = (): HostName => rng.pick(backupHosts);
   /** 1..all of the backups, each at most once. */
@@ -278,20 +287,6 @@ function familyFaultsMany(rng: Prng, family: Family, faultTicks: number, timeout
     const chosen: HostName[] = [];
     while (chosen.length < count) chosen.push(pool.splice(rng.below(pool.length), 1)[0]!);
     return chosen;
-  };
-  const partition = (a: HostName, b: HostName, start = at()): Fault => ({ at: start, kind: "partition", a, b, ticks: lasting(start, 0.5, 3), notify: rng.chance(0.5) });
-  const pause = (h: HostName, start = at()): Fault => ({ at: start, kind: "pause", host: h, ticks: lasting(start, 0.3, 4) });
-  const arbiterDown = (h: HostName, start = at()): Fault => {
-    const from = Math.min(start, faultTicks - 1);
-    return { at: from, kind: "arbiterDown", host: h, ticks: lasting(from, 1, 5) };
-  };
-  const slow = (): Fault => {
-    const start = at();
-    return { at: start, kind: "slowReplay", ticks: lasting(start, 1, 6), perTick: rng.below(2) };
-  };
-  const guestPause = (): Fault => {
-    const start = at();
-    return { at: start, kind: "guestPause", ticks: lasting(start, 0.5, 3) };
   };
   switch (family) {
     case "calm":
@@ -354,34 +349,14 @@ function familyFaultsMany(rng: Prng, family: Family, faultTicks: number, timeout
     case "chaos": {
       const count = 2 + rng.below(6 + backups);
       for (let index = 0; index < count; index++) {
-        switch (rng.below(8)) {
-          case 0:
-            faults.push(partition(host(), host()));
-            break;
-          case 1:
-            faults.push(arbiterDown(host()));
-            break;
-          case 2:
-            if (rng.chance(0.4)) faults.push({ at: at(), kind: "crash", host: host() });
-            break;
-          case 3:
-          case 4:
-            faults.push(pause(host()));
-            break;
-          case 5:
-            faults.push(slow());
-            break;
-          case 6:
-            faults.push(guestPause());
-            break;
-          case 7:
-            // The primary and a backup fail close together.
-            {
-              const start = at();
-              faults.push({ at: start, kind: "crash", host: rng.chance(0.5) ? "A" : backup() });
-              faults.push(pause(backup(), Math.min(faultTicks - 2, start + rng.below(timeoutTicks))));
-            }
-            break;
+        const choice = rng.below(CHAOS_CHOICES + 1);
+        if (choice < CHAOS_CHOICES) {
+          make.chaos(faults, choice, host);
+        } else {
+          // The primary and a backup fail close together.
+          const start = at();
+          faults.push({ at: start, kind: "crash", host: rng.chance(0.5) ? "A" : backup() });
+          faults.push(pause(backup(), Math.min(faultTicks - 2, start + rng.below(timeoutTicks))));
         }
       }
       break;
