@@ -5,21 +5,10 @@ import { BackupCore } from "../../host/ft/backup.js";
 import type { BackupOptions } from "../../host/ft/config.js";
 import { encodedRecordBytes } from "../../protocol/codec.js";
 import { ControlKind, RecordKind } from "../../protocol/records.js";
-import { control, entries, heartbeat, rec, recs, showBackup, ticks, VM } from "./helpers.js";
+import { control, entries, heartbeat, rec, recs, showBackup, ticks, VM, SCRIPT_BACKUP_OPTIONS } from "./helpers.js";
 
 function backup(overrides: Partial<BackupOptions> = {}): BackupCore {
-  const core = new BackupCore({
-    vmId: VM,
-    generation: 1,
-    hostId: "B",
-    heartbeatTicks: 2,
-    timeoutTicks: 10,
-    tasRetryMinTicks: 2,
-    tasRetryMaxTicks: 8,
-    bufferRecordsMax: 8,
-    windowUpdateRecords: 4,
-    ...overrides,
-  });
+  const core = new BackupCore({ ...SCRIPT_BACKUP_OPTIONS, ...overrides });
   core.channelUp();
   expect(showBackup(core.ready())).toMatch(/^hello backup g1 \| ack 0 window \d+ replayed 0$/);
   return core;

@@ -8,39 +8,17 @@ import { BackupCore } from "../../host/ft/backup.js";
 import type { BackupOptions, PrimaryOptions } from "../../host/ft/config.js";
 import { PrimaryCore } from "../../host/ft/primary.js";
 import { ControlKind } from "../../protocol/records.js";
-import { ack, control, entries, heartbeat, rec, recs, renew, showBackup, showPrimary, ticks, VM } from "./helpers.js";
+import { ack, control, entries, heartbeat, rec, recs, renew, showBackup, showPrimary, ticks, VM, SCRIPT_BACKUP_OPTIONS, SCRIPT_PRIMARY_OPTIONS } from "./helpers.js";
 
 function primary(overrides: Partial<PrimaryOptions> = {}): PrimaryCore {
-  const core = new PrimaryCore({
-    vmId: VM,
-    generation: 1,
-    hostId: "A",
-    backups: ["b1", "b2"],
-    heartbeatTicks: 2,
-    timeoutTicks: 10,
-    retransmitTicks: 5,
-    tasRetryMinTicks: 2,
-    tasRetryMaxTicks: 8,
-    ...overrides,
-  });
+  const core = new PrimaryCore({ ...SCRIPT_PRIMARY_OPTIONS, backups: ["b1", "b2"], ...overrides });
   for (const id of core.backupIds) core.channelUp(id);
   expect(showPrimary(core.ready())).toBe(core.backupIds.map((id) => `${id}: hello primary g1`).join(" | "));
   return core;
 }
 
 function backup(overrides: Partial<BackupOptions> = {}): BackupCore {
-  const core = new BackupCore({
-    vmId: VM,
-    generation: 1,
-    hostId: "B",
-    heartbeatTicks: 2,
-    timeoutTicks: 10,
-    tasRetryMinTicks: 2,
-    tasRetryMaxTicks: 8,
-    bufferRecordsMax: 8,
-    windowUpdateRecords: 4,
-    ...overrides,
-  });
+  const core = new BackupCore({ ...SCRIPT_BACKUP_OPTIONS, ...overrides });
   core.channelUp();
   core.ready();
   return core;

@@ -9,6 +9,30 @@ import { ControlKind, EMPTY_BYTES, type LogRecord, RecordKind } from "../../prot
 
 export const VM = "vm-1";
 
+/** The cores' settings in the scripted tests: short timeouts, so that a script stays readable. */
+export const SCRIPT_PRIMARY_OPTIONS = {
+  vmId: VM,
+  generation: 1,
+  hostId: "A",
+  heartbeatTicks: 2,
+  timeoutTicks: 10,
+  retransmitTicks: 5,
+  tasRetryMinTicks: 2,
+  tasRetryMaxTicks: 8,
+} as const;
+
+export const SCRIPT_BACKUP_OPTIONS = {
+  vmId: VM,
+  generation: 1,
+  hostId: "B",
+  heartbeatTicks: 2,
+  timeoutTicks: 10,
+  tasRetryMinTicks: 2,
+  tasRetryMaxTicks: 8,
+  bufferRecordsMax: 8,
+  windowUpdateRecords: 4,
+} as const;
+
 /** Record `seq`, at icount 1000 × (seq + 1) unless given. */
 export function rec(seq: number, fields: Partial<LogRecord> = {}): LogRecord {
   return {

@@ -6,20 +6,10 @@ import type { PrimaryOptions } from "../../host/ft/config.js";
 import { PrimaryCore } from "../../host/ft/primary.js";
 import { encodedRecordBytes } from "../../protocol/codec.js";
 import { ControlKind, RecordKind } from "../../protocol/records.js";
-import { ack, control, rec, recs, showPrimary, ticks, VM } from "./helpers.js";
+import { ack, control, rec, recs, showPrimary, ticks, VM, SCRIPT_PRIMARY_OPTIONS } from "./helpers.js";
 
 function primary(overrides: Partial<PrimaryOptions> = {}): PrimaryCore {
-  const core = new PrimaryCore({
-    vmId: VM,
-    generation: 1,
-    hostId: "A",
-    heartbeatTicks: 2,
-    timeoutTicks: 10,
-    retransmitTicks: 5,
-    tasRetryMinTicks: 2,
-    tasRetryMaxTicks: 8,
-    ...overrides,
-  });
+  const core = new PrimaryCore({ ...SCRIPT_PRIMARY_OPTIONS, ...overrides });
   core.channelUp();
   expect(showPrimary(core.ready())).toBe("hello primary g1");
   return core;
