@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { EmbeddedCluster } from "../cluster/embedded.js";
 import { LockstepError } from "../errors.js";
 import { parseEtcdUrl } from "../ft/etcd-url.js";
-import { TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
+import { BACKUPS_MAX, TIMEOUT_MS_MAX, TIMEOUT_MS_MIN } from "../ft/config.js";
 import { createLogger } from "../log.js";
 import { integer, logLevel, secret, untilSignal } from "./flags.js";
 import { HOST_TOKEN_ENV } from "./host-command.js";
@@ -20,7 +20,7 @@ export const CLUSTER_PORT_DEFAULT = 7410;
 
 export const CLUSTER_USAGE = `usage:
   lockstep cluster (--storage URL | --arbiter etcd://HOST:PORT) [--port PORT] [--bind HOST] [--token TOKEN]
-                   [--no-restore] [--disk-blocks N] [--memory-mib N] [--timeout-ms MS] [--log-level LEVEL]
+                   [--backups N] [--no-restore] [--disk-blocks N] [--memory-mib N] [--timeout-ms MS] [--log-level LEVEL]
 
 The cluster service alone: hosts on any machine join it, and it places VMs on them, restores
 their redundancy and serves GET /api/status and the dashboard (http://127.0.0.1:${CLUSTER_PORT_DEFAULT}/).
@@ -30,6 +30,7 @@ their redundancy and serves GET /api/status and the dashboard (http://127.0.0.1:
                 their membership keys there, and no storage server is needed here
   --port        API and dashboard port (default ${CLUSTER_PORT_DEFAULT}; 0 picks a free one); --bind (default 127.0.0.1)
   --token       the hosts' token, required by the API when bound beyond loopback (default: $${HOST_TOKEN_ENV})
+  --backups     backups per VM, each on a host of its own (default 1; docs/ft-protocol.md)
   --no-restore  leave a VM that lost its backup without one
   --disk-blocks, --memory-mib, --timeout-ms   for the VMs it starts (defaults 4096, 256, 1000)`;
 
@@ -43,6 +44,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       port: { type: "string", default: String(CLUSTER_PORT_DEFAULT) },
       bind: { type: "string", default: "127.0.0.1" },
       token: { type: "string" },
+      backups: { type: "string", default: "1" },
       "no-restore": { type: "boolean", default: false },
       "disk-blocks": { type: "string", default: "4096" },
       "memory-mib": { type: "string", default: "256" },
@@ -65,6 +67,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
     standalone: { storageUrl: values.storage ?? null },
     switch: false,
     restoreRedundancy: !values["no-restore"],
+    backups: integer(values.backups, "--backups", 1, BACKUPS_MAX),
     bind: values.bind,
     port: integer(values.port, "--port", 0, 65535),
     dir: null,
