@@ -863,8 +863,9 @@ export class EmbeddedCluster {
           await this.callHost(primaryHost, "POST", `/api/vms/${name}/drop-backup`);
           await this.nextEvent((e) => e.host === primaryHost.id && e.vm === name && (e.event === "wentAlone" || e.event === "halted"), MIGRATION_STEP_MS, since);
         } else if (primarySide.state !== "alone") {
-          // It keeps other backups: the stopped one's channel stays closed, and the primary
-          // settles the next generation without it (RECONNECT_GRACE_MS), keeping the others.
+          // It keeps its other backups: it drops the stopped one now and renews the others.
+          const backupHost = this.hosts.find((h) => h.id === backupSide!.host)!;
+          await this.callHost(primaryHost, "POST", `/api/vms/${name}/drop-backup`, { backup: `${backupHost.url.replace(/^http/, "ws")}/` });
           const settled = (e: ClusterEvent) => e.host === primaryHost.id && e.vm === name && ["renewed", "wentAlone", "halted"].includes(e.event);
           await this.nextEvent(settled, MIGRATION_STEP_MS, since);
         }

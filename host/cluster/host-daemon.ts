@@ -11,7 +11,8 @@
 //                                   becomes its backup on that host (§3.1)
 //   POST   /api/vms/:vm/hand-off    a migration's steps (§3.3): end this primary as a crash
 //   POST   /api/vms/:vm/take-over   would; make this backup go live now; let this primary
-//   POST   /api/vms/:vm/drop-backup run alone now, its backup stopped by the operator
+//   POST   /api/vms/:vm/drop-backup run without the backup the operator stopped ({"backup": its
+//                                   channel's URL or a prefix}; none: every backup), settled now
 //   POST   /api/clones              (application/octet-stream: spec and snapshot, from a
 //                                   primary's host) start a backup from a running primary's snapshot
 //   POST   /api/network             {"connected": false}: cut this host off from its peers
@@ -71,8 +72,9 @@ const NetworkSchema = z.object({ connected: z.boolean() }).strict();
 const MIGRATION_STEPS: Record<string, ((vm: HostedVm) => void) | undefined> = {
   "hand-off": (vm) => vm.handOff(),
   "take-over": (vm) => vm.takeOver(),
-  "drop-backup": (vm) => vm.dropBackup(),
 };
+/** drop-backup's body: which backup, by its channel's endpoint or a prefix of it (its host's); none: every one. */
+const DropBackupSchema = z.object({ backup: z.string().min(1).max(256).optional() }).strict();
 const CloneSchema = z.object({ to: z.string().url().startsWith("http") }).strict();
 
 export class HostDaemon {
@@ -173,6 +175,13 @@ export class HostDaemon {
           step(vm);
           this.options.log.info("migration step", { vm: vm.spec.vm, step: parts[3], event: "migrationStep" });
           return sendJson(res, 202, { vm: vm.spec.vm, step: parts[3] });
+        }
+        if (req.method === "POST" && parts[3] === "drop-backup" && parts.length === 4) {
+          const parsed = DropBackupSchema.safeParse(await readJson(req));
+          if (!parsed.success) throw new ApiError("BAD_REQUEST", describeIssues(parsed.error));
+          vm.dropBackup(parsed.data.backup);
+          this.options.log.info("migration step", { vm: vm.spec.vm, step: "drop-backup", backup: parsed.data.backup ?? null, event: "migrationStep" });
+          return sendJson(res, 202, { vm: vm.spec.vm, step: "drop-backup" });
         }
         if (req.method === "POST" && parts[3] === "digest" && parts.length === 4) {
           // Answered once the vCPU has logged it: at its next delivery point.

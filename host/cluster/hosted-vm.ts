@@ -310,10 +310,11 @@ export class HostedVm {
     this.driver.takeOver();
   }
 
-  dropBackup(): void {
+  /** `backup`: its channel's endpoint or a prefix of it (its host's); none: every backup. */
+  dropBackup(backup?: string): void {
     const primary = this.primary;
     if (primary === null || !this.running) throw new ApiError("CONFLICT", `${this.spec.vm} is not a running primary here`);
-    primary.dropBackup();
+    primary.dropBackup(backup);
   }
 
   /** Stops the VM here (an operator's stop, or the host shutting down): no go-live follows. */

@@ -83,6 +83,25 @@ describe("lockstep up --backups 2", () => {
     }, "two clones of the new primary");
     await workload.reached(workload.history.operations.length + OPS_PER_STEP);
 
+    // 3. Migrating one of the two backups to the host that holds no copy: the primary drops
+    //    that one at once (not after the channel's grace), renews the other, and clones onto
+    //    the target.
+    const before = await up.status();
+    const staying = backupHosts(before);
+    const target = before.hosts.find((h) => h.state === "up" && h.id !== live.host && !staying.includes(h.id))!.id;
+    from = up.seen;
+    const migrated = await fetch(`${ready.url}/api/vms/kv/migrate`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ role: "backup", to: target }) });
+    const answer = (await migrated.json()) as { moved: boolean; from: string; ms: number };
+    expect(migrated.status, JSON.stringify(answer)).toBe(200);
+    expect(answer.moved).toBe(true);
+    const moved = answer.from;
+    expect(staying).toContain(moved);
+    const removed = await up.event((l) => l.event === "backupRemoved" && l.host === live.host && l.vm === "kv", "the primary dropping the moved backup", from);
+    expect(removed.count).toBe(1);
+    expect(await up.event((l) => l.event === "renewed" && l.host === live.host && l.vm === "kv", "the primary renewing its other backup", from)).toMatchObject({ generation: 4, backups: 1 });
+    console.log(`moved one of two backups from ${moved} to ${target} in ${answer.ms} ms`);
+    await workload.reached(workload.history.operations.length + OPS_PER_STEP);
+
     workload.stop();
     await workload.done;
     await finalReads(kv, workload.history);
@@ -99,11 +118,10 @@ describe("lockstep up --backups 2", () => {
     expect(await redis(kv, ["SET after-failovers yes", "GET after-failovers"])).toEqual(["OK", "yes"]);
 
     const final = await up.status();
-    expect(final.vms[0]).toMatchObject({ state: "protected", generation: 3, backupsWanted: 2 });
+    expect(final.vms[0]).toMatchObject({ state: "protected", generation: 4, backupsWanted: 2 });
     expect(final.vms[0]!.primary!.host).toBe(live.host);
     const finalBackups = backupHosts(final);
-    expect(finalBackups).toHaveLength(2);
-    expect(new Set([live.host, ...finalBackups]).size).toBe(3);
-    expect(final.vms[0]!.backups.every((b) => b.state === "replaying" && b.generation === 3)).toBe(true);
+    expect(finalBackups.sort()).toEqual([target, staying.find((h) => h !== moved)!].sort());
+    expect(final.vms[0]!.backups.every((b) => b.state === "replaying" && b.generation === 4)).toBe(true);
   }, RUN_TIMEOUT_MS);
 });
