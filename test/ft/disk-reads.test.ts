@@ -22,6 +22,7 @@ import type { DeviceEvent } from "../../host/vm/messages.js";
 import { BLOCK_BYTES } from "../../host/vm/limits.js";
 import { tempDir } from "../helpers/cli.js";
 import { writeDiskRacer } from "../helpers/disk-racer.js";
+import { setKeys } from "../helpers/kv-workload.js";
 import { watFile } from "../helpers/wat.js";
 
 const DISK_BLOCKS = 4096;
@@ -61,14 +62,6 @@ async function startPair(storage: { a: StorageClient; b: StorageClient }, vmId: 
   return { primary, backup, address, backupAddress };
 }
 
-async function sets(address: string, from: number, to: number): Promise<void> {
-  const client = new RespClient(address);
-  await client.connected;
-  const replies = await Promise.all(Array.from({ length: to - from }, (_, i) => client.command("SET", `key${from + i}`, `${from + i}:${VALUE}`)));
-  expect(replies.every((reply) => reply === "OK")).toBe(true);
-  client.close();
-}
-
 describe("disk reads on the backup, in a pair on a shared disk", () => {
   it("kv recovers under FT with its read data off the log, keeps one digest, and fails over intact", async () => {
     const storage = await startStorageServer({ dir: tempDir("disk-reads-storage"), port: 0 });
@@ -78,7 +71,7 @@ describe("disk reads on the backup, in a pair on a shared disk", () => {
       // A first life: kv formats its disk and stores 250 values of 4 KB; then a power-off, which
       // both sides end at the same point with the same state.
       const first = await startPair({ a, b }, "kv", 1);
-      await sets(await first.address, 0, 250);
+      await setKeys(await first.address, 0, 250, VALUE);
       first.primary.control(ControlKind.PowerOff);
       const [primaryEnd, backupEnd] = await Promise.all([first.primary.done, first.backup.done]);
       expect(primaryEnd.stop, primaryEnd.message ?? "").toBe("poweroff");
@@ -94,7 +87,7 @@ describe("disk reads on the backup, in a pair on a shared disk", () => {
       expect(await client.command("GET", "key249")).toBe(`249:${VALUE}`);
       expect(await client.command("INCR", "hits")).toBe(1);
       client.close();
-      await sets(address, 250, 260);
+      await setKeys(address, 250, 260, VALUE);
       const logBytes = second.primary.status().logBytesSent;
       expect(logBytes).toBeLessThan(250 * 4000);
       // ...yet the ten new values travelled in it (as client input), so it is not empty.

@@ -19,6 +19,7 @@ import { FileDisk } from "../../host/devices/file-disk.js";
 import { loadGuest } from "../../host/vm/guest.js";
 import type { DiskDevice } from "../../host/vm/machine.js";
 import type { DeviceEvent } from "../../host/vm/messages.js";
+import { setKeys } from "../helpers/kv-workload.js";
 import { watFile } from "../helpers/wat.js";
 import { BLOCK_BYTES } from "../../host/vm/limits.js";
 import { tempDir } from "../helpers/cli.js";
@@ -47,14 +48,6 @@ function nonZeroBlocks(file: string): number {
   let n = 0;
   for (let i = 0; i < BLOCKS; i++) if (x.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES).some((byte) => byte !== 0)) n++;
   return n;
-}
-
-async function sets(address: string, from: number, to: number): Promise<void> {
-  const client = new RespClient(address);
-  await client.connected;
-  const replies = await Promise.all(Array.from({ length: to - from }, (_, i) => client.command("SET", `key${from + i}`, `${from + i}:${VALUE}`)));
-  expect(replies.every((reply) => reply === "OK")).toBe(true);
-  client.close();
 }
 
 describe("non-shared disks (§4.1)", () => {
@@ -93,7 +86,7 @@ describe("non-shared disks (§4.1)", () => {
     try {
       // First life: both copies start empty; after a power-off they are equal, block by block.
       const first = await pair(1);
-      await sets(await first.address, 0, 100);
+      await setKeys(await first.address, 0, 100, VALUE);
       first.primary.control(ControlKind.PowerOff);
       const [p1, b1] = await Promise.all([first.primary.done, first.backup.done]);
       expect(p1.stop, p1.message ?? "").toBe("poweroff");
@@ -107,7 +100,7 @@ describe("non-shared disks (§4.1)", () => {
 
       // Second life, from the two copies: the primary dies; the backup goes live on its own copy.
       const second = await pair(2);
-      await sets(await second.address, 100, 150);
+      await setKeys(await second.address, 100, 150, VALUE);
       second.primary.crash();
       const live = await second.backupAddress;
       const client = new RespClient(live);
@@ -137,7 +130,7 @@ describe("non-shared disks (§4.1)", () => {
       expect(await successor.connectBackup(`ws://127.0.0.1:${await clone.listening}`)).toBe(true);
       expect(await client.command("INCR", "hits")).toBe(1);
       client.close();
-      await sets(live, 150, 170);
+      await setKeys(live, 150, 170, VALUE);
 
       // Powered off, the live copy and the clone's are equal, block by block.
       successor.control(ControlKind.PowerOff);

@@ -123,3 +123,15 @@ export function check(history: History): { linearizable: boolean | "unknown"; co
   return { linearizable: linear.ok, counters: counters.ok, report };
 }
 
+/**
+ * SET key<i> = "<i>:<value>" for i in [from, to), pipelined on one connection: a data set for
+ * kv to write to its disk and read back (the disk tests). Every reply must be OK.
+ */
+export async function setKeys(address: string, from: number, to: number, value: string): Promise<void> {
+  const client = new RespClient(address);
+  await client.connected;
+  const replies = await Promise.all(Array.from({ length: to - from }, (_, i) => client.command("SET", `key${from + i}`, `${from + i}:${value}`)));
+  client.close();
+  if (!replies.every((reply) => reply === "OK")) throw new Error(`a SET of key${from}..key${to - 1} was not OK: ${JSON.stringify(replies.find((r) => r !== "OK"))}`);
+}
+
