@@ -21,7 +21,7 @@ import { type NicFactory, openDisk } from "../vm/machine.js";
 import type { VmResult } from "../vm/messages.js";
 import { encodeClone } from "../vm/snapshot-wire.js";
 import type { InstrumentedModule } from "../instrument/index.js";
-import { serveReplicaFeed } from "../replica/feed.js";
+import { CLOSE_REFUSED, serveReplicaFeed } from "../replica/feed.js";
 import type { VmSnapshot } from "../vm/snapshot.js";
 import { ApiError, fetchJson } from "./http.js";
 import type { ControlRequest, VmSpec } from "./vm-spec.js";
@@ -255,7 +255,7 @@ export class HostedVm {
   observe(socket: WebSocket, hostId: string): void {
     const primary = this.primary;
     if (primary === null || !this.running) {
-      socket.close(4409, `${this.spec.vm} is not a running primary here`);
+      socket.close(CLOSE_REFUSED, `${this.spec.vm} is not a running primary here`);
       return;
     }
     serveReplicaFeed(socket, primary, {
